@@ -1,0 +1,392 @@
+"""ViR: Vision Retention Networks (arXiv 2310.19731) as timm models.
+
+A plain ViT whose attention is replaced by multi-head retention (vir_dense.ops.retention):
+pre-norm blocks with LayerScale, learned position embedding on the patches only, and a class
+token appended *last* so that under a causal mask it is the one token that sees every patch.
+
+In 'parallel' mode every block sees the whole sequence. In 'recurrent' and 'chunkwise' modes
+with a causal mask, `run_blocks` streams one token (or one chunk of rows) through *all* blocks
+before the next, keeping one state per block: memory then no longer depends on the number of
+tokens. Bidirectional masks need the whole sequence per block, so they run block by block with
+the linear-memory forms of the operator.
+"""
+from dataclasses import dataclass
+from functools import partial
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+from timm.layers import DropPath, LayerScale, Mlp, PatchEmbed, resample_abs_pos_embed
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+
+from vir_dense.ops.retention import (RecurrentState, TokenLayout, check_mode, chunk_step,
+                                     decay_gammas, parse_mask, recurrent_step, retention,
+                                     rows_per_chunk)
+from vir_dense.ops.retention.decay import from_grid, to_grid
+
+__all__ = ['VisionRetention', 'MultiHeadRetention', 'Block', 'run_blocks']
+
+
+@dataclass
+class RetentionContext:
+    """How retention runs for one forward pass (shared by every block)."""
+    mask: str
+    mode: str
+    grid: tuple
+    cls_token: bool
+    chunk_size: int
+
+
+class MultiHeadRetention(nn.Module):
+    """Softmax-free retention: q, k, v from one linear layer, fixed per-head decay."""
+
+    def __init__(self, dim, num_heads, qkv_bias=True, proj_drop=0.0):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f'dim {dim} is not divisible by num_heads {num_heads}')
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def gamma(self, device):
+        # Not a buffer: model.half() would round the decay; it is cheap to rebuild in float64.
+        return decay_gammas(self.num_heads, device=device)
+
+    def _split_heads(self, x):
+        batch, tokens, _ = x.shape
+        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        return q * self.scale, k, v
+
+    def _merge_heads(self, out):
+        batch, _, tokens, _ = out.shape
+        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(batch, tokens, -1)))
+
+    def forward(self, x, ctx: RetentionContext):
+        q, k, v = self._split_heads(x)
+        out = retention(q, k, v, mask=ctx.mask, mode=ctx.mode, grid=ctx.grid,
+                        cls_token=ctx.cls_token, chunk_size=ctx.chunk_size,
+                        gamma=self.gamma(x.device))
+        return self._merge_heads(out)
+
+    def forward_stream(self, x, state, piece):
+        """Causal streaming: x holds the tokens of `piece` (see stream_pieces)."""
+        q, k, v = self._split_heads(x)
+        gamma = self.gamma(x.device)
+        if piece.column is not None:  # recurrent: one grid cell, after some empty ones
+            if state is None:
+                state = RecurrentState(q.shape[0], self.num_heads, piece.layout.cols,
+                                       self.head_dim, gamma, torch.promote_types(q.dtype, torch.float32),
+                                       q.device)
+            for empty_column in piece.skip_columns:
+                recurrent_step(state, empty_column)
+            out = recurrent_step(state, piece.column, q[:, :, 0], k[:, :, 0], v[:, :, 0])
+            return self._merge_heads(out[:, :, None].to(x.dtype)), state
+        grid_qkv = [to_grid(t, piece.layout) for t in (q, k, v)]
+        out, state = chunk_step(*grid_qkv, state, gamma, causal=True)
+        return self._merge_heads(from_grid(out, piece.layout).to(x.dtype)), state
+
+
+class Block(nn.Module):
+    """Pre-norm ViR block: x + LS(MHR(LN(x))), then x + LS(MLP(LN(x)))."""
+
+    def __init__(self, dim, num_heads, mlp_ratio=4.0, qkv_bias=True, init_values=1e-5,
+                 proj_drop=0.0, drop_path=0.0, norm_layer=None, act_layer=nn.GELU):
+        super().__init__()
+        norm_layer = norm_layer or partial(nn.LayerNorm, eps=1e-6)
+        self.norm1 = norm_layer(dim)
+        self.retention = MultiHeadRetention(dim, num_heads, qkv_bias, proj_drop)
+        self.ls1 = LayerScale(dim, init_values) if init_values else nn.Identity()
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = norm_layer(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop)
+        self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
+        self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def _mlp_branch(self, x):
+        return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+
+    def forward(self, x, ctx: RetentionContext):
+        x = x + self.drop_path1(self.ls1(self.retention(self.norm1(x), ctx)))
+        return self._mlp_branch(x)
+
+    def forward_stream(self, x, state, piece):
+        out, state = self.retention.forward_stream(self.norm1(x), state, piece)
+        return self._mlp_branch(x + self.drop_path1(self.ls1(out))), state
+
+
+@dataclass
+class StreamPiece:
+    """A run of consecutive tokens streamed through all blocks at once."""
+    start: int                # first token index in the sequence
+    layout: TokenLayout       # geometry of this piece (rows of patches, or the class-token row)
+    column: Optional[int] = None   # recurrent mode: the grid column of the single token
+    skip_columns: tuple = ()       # recurrent mode: empty cells to decay through first
+
+    @property
+    def num_tokens(self):
+        return 1 if self.column is not None else self.layout.num_tokens
+
+
+def stream_pieces(ctx: RetentionContext):
+    """Split the sequence into the pieces that causal streaming feeds through the blocks."""
+    _, two_d = parse_mask(ctx.mask)
+    rows, cols = ctx.grid if two_d else (ctx.grid[0] * ctx.grid[1], 1)
+    pieces = []
+    if ctx.mode == 'chunkwise':
+        chunk_rows = rows_per_chunk(ctx.chunk_size, cols)
+        for start_row in range(0, rows, chunk_rows):
+            num_rows = min(chunk_rows, rows - start_row)
+            pieces.append(StreamPiece(start_row * cols, TokenLayout(num_rows, cols)))
+        if ctx.cls_token:
+            pieces.append(StreamPiece(rows * cols, TokenLayout(0, cols, cls_token=True)))
+    else:
+        for index in range(rows * cols):
+            pieces.append(StreamPiece(index, TokenLayout(1, cols), column=index % cols))
+        if ctx.cls_token:  # its row is empty up to the last column
+            pieces.append(StreamPiece(rows * cols, TokenLayout(1, cols), column=cols - 1,
+                                      skip_columns=tuple(range(cols - 1))))
+    return pieces
+
+
+def run_blocks(blocks, x, ctx: RetentionContext, out_indices=(), with_cp=False,
+               last_token_only=False):
+    """Run tokens x (B, N, D) through `blocks`.
+
+    Returns (final tokens, {block index: tokens after that block} for out_indices).
+    last_token_only keeps only the last token of the output (classification while streaming).
+    """
+    check_mode(ctx.mode)
+    causal, _ = parse_mask(ctx.mask)
+    taps = {}
+    if ctx.mode == 'parallel' or not causal:
+        for index, block in enumerate(blocks):
+            if with_cp and x.requires_grad:
+                x = checkpoint(block, x, ctx, use_reentrant=False)
+            else:
+                x = block(x, ctx)
+            if index in out_indices:
+                taps[index] = x
+        return (x[:, -1:] if last_token_only else x), taps
+
+    states = [None] * len(blocks)
+    outputs, tap_pieces = [], {index: [] for index in out_indices}
+    for piece in stream_pieces(ctx):
+        h = x[:, piece.start:piece.start + piece.num_tokens]
+        for index, block in enumerate(blocks):
+            h, states[index] = block.forward_stream(h, states[index], piece)
+            if index in tap_pieces:
+                tap_pieces[index].append(h)
+        outputs = [h] if last_token_only else outputs + [h]
+    taps = {index: torch.cat(parts, dim=1) for index, parts in tap_pieces.items()}
+    return torch.cat(outputs, dim=1), taps
+
+
+class VisionRetention(nn.Module):
+    """ViR classifier (timm-style). See the module docstring."""
+
+    def __init__(self, img_size=224, patch_size=16, in_chans=3, num_classes=1000,
+                 global_pool='token', embed_dim=384, depth=12, num_heads=6, mlp_ratio=4.0,
+                 qkv_bias=True, init_values=1e-5, drop_rate=0.0, pos_drop_rate=0.0,
+                 proj_drop_rate=0.0, drop_path_rate=0.0, mask='causal_2d',
+                 retention_mode='parallel', chunk_size=256, dynamic_img_size=False,
+                 norm_layer=None, act_layer=None):
+        super().__init__()
+        if global_pool not in ('token', 'avg', ''):
+            raise ValueError(f"global_pool must be 'token' (the last token), 'avg' or ''; "
+                             f'got {global_pool!r}')
+        norm_layer = norm_layer or partial(nn.LayerNorm, eps=1e-6)
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
+        self.num_prefix_tokens = 0  # the class token is a suffix; pos_embed covers patches only
+        self.dynamic_img_size = dynamic_img_size
+        self.grad_checkpointing = False
+        self.set_retention_mode(retention_mode, chunk_size, mask)
+
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim,
+                                      output_fmt='NHWC', strict_img_size=not dynamic_img_size)
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches, embed_dim))
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_drop = nn.Dropout(pos_drop_rate)
+        drop_path = torch.linspace(0, drop_path_rate, depth).tolist()
+        self.blocks = nn.Sequential(*[
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, init_values, proj_drop_rate,
+                  drop_path[i], norm_layer, act_layer or nn.GELU) for i in range(depth)])
+        self.norm = norm_layer(embed_dim)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.init_weights()
+
+    def init_weights(self):
+        nn.init.normal_(self.pos_embed, std=0.02)
+        nn.init.normal_(self.cls_token, std=1e-6)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+    # --- retention settings -------------------------------------------------------------
+    def set_retention_mode(self, mode, chunk_size=None, mask=None):
+        """Switch between 'parallel', 'recurrent' and 'chunkwise' (same weights, same outputs)."""
+        check_mode(mode)
+        if mask is not None:
+            parse_mask(mask)
+            self.mask = mask
+        self.retention_mode = mode
+        if chunk_size is not None:
+            if chunk_size < 1:
+                raise ValueError(f'chunk_size must be >= 1, got {chunk_size}')
+            self.chunk_size = chunk_size
+
+    # --- timm conventions ---------------------------------------------------------------
+    @torch.jit.ignore
+    def no_weight_decay(self):
+        return {'pos_embed', 'cls_token'}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse=False):
+        return dict(stem=r'^cls_token|pos_embed|patch_embed',
+                    blocks=[(r'^blocks\.(\d+)', None), (r'^norm', (99999,))])
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable=True):
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self):
+        return self.head
+
+    def reset_classifier(self, num_classes, global_pool=None):
+        self.num_classes = num_classes
+        if global_pool is not None:
+            self.global_pool = global_pool
+        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+
+    # --- forward ------------------------------------------------------------------------
+    def position_embedding(self, grid):
+        """pos_embed for a (rows, cols) patch grid, bicubically resized from the trained one."""
+        base_grid = self.patch_embed.grid_size
+        if tuple(grid) == tuple(base_grid):
+            return self.pos_embed
+        return resample_abs_pos_embed(self.pos_embed, new_size=grid, old_size=base_grid,
+                                      num_prefix_tokens=0, interpolation='bicubic')
+
+    def embed(self, x):
+        """Image (B, C, H, W) -> tokens (B, rows*cols + 1, D) with the class token last."""
+        x = self.patch_embed(x)
+        grid = tuple(x.shape[1:3])
+        x = x.flatten(1, 2) + self.position_embedding(grid)
+        x = torch.cat([x, self.cls_token.expand(x.shape[0], -1, -1)], dim=1)
+        return self.pos_drop(x), grid
+
+    def context(self, grid):
+        return RetentionContext(self.mask, self.retention_mode, grid, True, self.chunk_size)
+
+    def forward_features(self, x, last_token_only=False):
+        x, grid = self.embed(x)
+        x, _ = run_blocks(self.blocks, x, self.context(grid), with_cp=self.grad_checkpointing,
+                          last_token_only=last_token_only)
+        return self.norm(x)
+
+    def forward_head(self, x, pre_logits=False):
+        if self.global_pool == 'token':
+            x = x[:, -1]
+        elif self.global_pool == 'avg':
+            x = x[:, :-1].mean(dim=1)
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x):
+        streaming_ok = self.global_pool == 'token' and self.retention_mode != 'parallel'
+        return self.forward_head(self.forward_features(x, last_token_only=streaming_ok))
+
+
+# --- registered variants -----------------------------------------------------------------
+def _cfg(**kwargs):
+    return {
+        'url': '', 'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': None,
+        'crop_pct': 0.9, 'interpolation': 'bicubic', 'fixed_input_size': False,
+        'mean': (0.5, 0.5, 0.5), 'std': (0.5, 0.5, 0.5),  # the authors' convention
+        'first_conv': 'patch_embed.proj', 'classifier': 'head', 'license': 'apache-2.0',
+        **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({
+    # No ViR ImageNet weights exist: these cfgs carry input conventions, not downloads.
+    'vir_tiny_patch16_224': _cfg(),
+    'vir_small_patch16_224': _cfg(),
+    'vir_base_patch16_224': _cfg(),
+    'vir_large_patch16_224': _cfg(),
+    'vir_large_patch14_224': _cfg(),
+})
+
+
+def _checkpoint_filter_fn(state_dict, model):
+    """timm `pretrained=True` with a local file: accept ViR, ViT/DeiT or mm checkpoints."""
+    from vir_dense.mm.checkpoint import convert_to_vir  # late: mm side imports mmengine
+    converted, report = convert_to_vir(state_dict, model)
+    print(report)
+    return converted
+
+
+def _create_vir(variant, pretrained=False, **kwargs):
+    return build_model_with_cfg(VisionRetention, variant, pretrained,
+                                pretrained_filter_fn=_checkpoint_filter_fn, **kwargs)
+
+
+ARCHS = {  # name: (patch_size, embed_dim, depth, num_heads)
+    'vir_tiny_patch16_224': (16, 192, 12, 3),
+    'vir_small_patch16_224': (16, 384, 12, 6),
+    'vir_base_patch16_224': (16, 768, 12, 12),
+    'vir_large_patch16_224': (16, 1024, 24, 16),
+    'vir_large_patch14_224': (14, 1024, 24, 16),
+}
+
+
+def _arch_kwargs(variant, kwargs):
+    patch_size, embed_dim, depth, num_heads = ARCHS[variant]
+    return dict(dict(patch_size=patch_size, embed_dim=embed_dim, depth=depth,
+                     num_heads=num_heads), **kwargs)
+
+
+@register_model
+def vir_tiny_patch16_224(pretrained=False, **kwargs):
+    """ViR-Ti/16 (ours, for fast experiments): D=192, 12 blocks, 3 heads."""
+    return _create_vir('vir_tiny_patch16_224', pretrained,
+                       **_arch_kwargs('vir_tiny_patch16_224', kwargs))
+
+
+@register_model
+def vir_small_patch16_224(pretrained=False, **kwargs):
+    """ViR-S/16: D=384, 12 blocks, 6 heads (~22.06M params)."""
+    return _create_vir('vir_small_patch16_224', pretrained,
+                       **_arch_kwargs('vir_small_patch16_224', kwargs))
+
+
+@register_model
+def vir_base_patch16_224(pretrained=False, **kwargs):
+    """ViR-B/16: D=768, 12 blocks, 12 heads (~86.59M params)."""
+    return _create_vir('vir_base_patch16_224', pretrained,
+                       **_arch_kwargs('vir_base_patch16_224', kwargs))
+
+
+@register_model
+def vir_large_patch16_224(pretrained=False, **kwargs):
+    """ViR-L/16: D=1024, 24 blocks, 16 heads (~304.37M params)."""
+    return _create_vir('vir_large_patch16_224', pretrained,
+                       **_arch_kwargs('vir_large_patch16_224', kwargs))
+
+
+@register_model
+def vir_large_patch14_224(pretrained=False, **kwargs):
+    """ViR-L/14: D=1024, 24 blocks, 16 heads (~304.25M params)."""
+    return _create_vir('vir_large_patch14_224', pretrained,
+                       **_arch_kwargs('vir_large_patch14_224', kwargs))

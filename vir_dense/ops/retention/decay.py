@@ -1,0 +1,130 @@
+"""Decay rates and token geometry shared by every form of retention.
+
+Every mask is defined from token positions. Patches sit in raster order on a (rows, cols) grid;
+an optional class token comes last and sits at the virtual position (cols-1, rows), one row
+below the last patch, so that under a causal mask it sees every patch. A 1D mask is the same
+machinery on a (num_patches, 1) grid: position = index, class token at index num_patches.
+
+Because all four masks factor as D = Dy ⊗ Dx (rows times columns), the forms work on an
+"extended grid" (rows + 1 when there is a class token) where the empty cells of the class-token
+row hold zeros: a zero key/value adds nothing to any state, so the extra row is exact.
+"""
+from dataclasses import dataclass
+
+import torch
+
+MASKS = {
+    # name: (causal, two_d)
+    'causal_1d': (True, False),
+    'bidirectional_1d': (False, False),
+    'causal_2d': (True, True),
+    'bidirectional_2d': (False, True),
+}
+MODES = ('parallel', 'recurrent', 'chunkwise')
+
+
+def parse_mask(mask):
+    """Return (causal, two_d) for a mask name, or fail naming the valid ones."""
+    if mask not in MASKS:
+        raise ValueError(f'unknown retention mask {mask!r}; choose one of {sorted(MASKS)}')
+    return MASKS[mask]
+
+
+def check_mode(mode):
+    if mode not in MODES:
+        raise ValueError(f'unknown retention mode {mode!r}; choose one of {list(MODES)}')
+
+
+def decay_gammas(num_heads, dtype=torch.float64, device=None):
+    """ViR's fixed per-head decay: 1 - gamma is log-uniform from 1/32 to 1/512."""
+    if num_heads == 1:
+        exponents = torch.tensor([-5.0], dtype=torch.float64)
+    else:
+        exponents = -5.0 - 4.0 * torch.arange(num_heads, dtype=torch.float64) / (num_heads - 1)
+    return (1.0 - torch.pow(2.0, exponents)).to(dtype=dtype, device=device)
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """Where each of a sequence's tokens sits (see the module docstring)."""
+    rows: int
+    cols: int
+    cls_token: bool = False
+
+    @property
+    def num_patches(self):
+        return self.rows * self.cols
+
+    @property
+    def num_tokens(self):
+        return self.num_patches + int(self.cls_token)
+
+    @property
+    def grid_rows(self):
+        """Rows of the extended grid (the class token gets a row of its own)."""
+        return self.rows + int(self.cls_token)
+
+    def positions(self):
+        """(x, y) of every token, as int64 tensors of length num_tokens."""
+        index = torch.arange(self.num_patches)
+        x, y = index % self.cols, index // self.cols
+        if self.cls_token:
+            x = torch.cat([x, torch.tensor([self.cols - 1])])
+            y = torch.cat([y, torch.tensor([self.rows])])
+        return x, y
+
+
+def make_layout(mask, num_tokens, grid=None, cls_token=False):
+    """The TokenLayout of a sequence of num_tokens under `mask` (grid=(rows, cols) for 2D)."""
+    _, two_d = parse_mask(mask)
+    num_patches = num_tokens - int(cls_token)
+    if not two_d:
+        return TokenLayout(num_patches, 1, cls_token)
+    if grid is None:
+        raise ValueError(f'mask {mask!r} needs grid=(rows, cols) of the patch tokens')
+    rows, cols = grid
+    if rows * cols != num_patches:
+        raise ValueError(f'grid {rows}x{cols} holds {rows * cols} patches but the sequence has '
+                         f'{num_patches} (+{int(cls_token)} class token); pass the patch grid')
+    return TokenLayout(rows, cols, cls_token)
+
+
+def compute_dtype(dtype):
+    """Decay factors are built in at least float32 (bf16 powers of gamma lose too much)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def decay_powers(gamma, length, dtype):
+    """gamma[h] ** [0, 1, ..., length-1] as an (H, length) tensor."""
+    steps = torch.arange(length, dtype=torch.float64, device=gamma.device)
+    return torch.exp(steps[None, :] * torch.log(gamma.double())[:, None]).to(dtype)
+
+
+def decay_matrix(gamma, length, causal, dtype):
+    """(H, L, L) 1D decay: gamma^(i-j) for i >= j (causal) or gamma^|i-j| (bidirectional)."""
+    steps = torch.arange(length, device=gamma.device)
+    distance = steps[:, None] - steps[None, :]
+    weights = torch.exp(distance.abs().double()[None] * torch.log(gamma.double())[:, None, None])
+    if causal:
+        weights = weights.masked_fill(distance[None] < 0, 0.0)
+    return weights.to(dtype)
+
+
+def to_grid(x, layout):
+    """(B, H, N, d) token sequence -> (B, H, grid_rows, cols, d), zeros in empty cells."""
+    batch, heads, _, dim = x.shape
+    patches = x[:, :, :layout.num_patches].reshape(batch, heads, layout.rows, layout.cols, dim)
+    if not layout.cls_token:
+        return patches
+    cls_row = x.new_zeros(batch, heads, 1, layout.cols, dim)
+    cls_row[:, :, 0, -1] = x[:, :, -1]
+    return torch.cat([patches, cls_row], dim=2)
+
+
+def from_grid(grid_tensor, layout):
+    """Inverse of to_grid: drop the empty cells, back to a (B, H, N, d) sequence."""
+    batch, heads, _, _, dim = grid_tensor.shape
+    patches = grid_tensor[:, :, :layout.rows].reshape(batch, heads, layout.num_patches, dim)
+    if not layout.cls_token:
+        return patches
+    return torch.cat([patches, grid_tensor[:, :, -1, -1:]], dim=2)

@@ -1,0 +1,36 @@
+"""Parallel retention: (Q K^T ⊙ D) V in one shot, quadratic in the number of tokens.
+
+The mask factors into a row mask times a column mask (decay.py): D[n, m] = Dy[y_n, y_m] *
+Dx[x_n, x_m]. It is cached per geometry because building it costs as much as the retention
+itself at small sizes.
+"""
+import torch
+
+from .decay import compute_dtype, decay_matrix, make_layout, parse_mask
+
+_MASK_CACHE = {}
+_MASK_CACHE_SIZE = 16
+
+
+def parallel_decay_mask(gamma, layout, causal, dtype):
+    """(H, N, N) decay mask for `layout`, in `dtype`, on gamma's device."""
+    key = (tuple(gamma.tolist()), layout, causal, dtype, gamma.device)
+    mask = _MASK_CACHE.get(key)
+    if mask is None:
+        with torch.no_grad():
+            x, y = (p.to(gamma.device) for p in layout.positions())
+            row_mask = decay_matrix(gamma, layout.grid_rows, causal, dtype)
+            col_mask = decay_matrix(gamma, layout.cols, causal, dtype)
+            mask = row_mask[:, y][:, :, y] * col_mask[:, x][:, :, x]
+        if len(_MASK_CACHE) >= _MASK_CACHE_SIZE:
+            _MASK_CACHE.pop(next(iter(_MASK_CACHE)))
+        _MASK_CACHE[key] = mask
+    return mask
+
+
+def retention_parallel(q, k, v, gamma, mask='causal_1d', grid=None, cls_token=False):
+    causal, _ = parse_mask(mask)
+    layout = make_layout(mask, q.shape[-2], grid, cls_token)
+    decay = parallel_decay_mask(gamma, layout, causal, compute_dtype(q.dtype))
+    scores = (q @ k.transpose(-1, -2)) * decay
+    return scores.to(v.dtype) @ v
