@@ -1,5 +1,18 @@
-.PHONY: setup test
+# The two commands: `make demo` (train + evaluate a small ViR Mask R-CNN on embedded data)
+# and `make test`. Both set up .venv first (idempotent; the first run builds mmcv, ~15 min).
+PYTHON := .venv/bin/python
+
+.PHONY: setup test demo benchmark
+
 setup:
 	bash tools/setup_env.sh
+
 test: setup
-	.venv/bin/python -m pytest -q tests
+	$(PYTHON) -m pytest -q -p no:cacheprovider tests
+
+demo: setup
+	$(PYTHON) tools/demo.py
+
+benchmark: setup
+	$(PYTHON) tools/benchmark_backbone.py
+	$(PYTHON) tools/benchmark_highres.py

@@ -26,7 +26,7 @@ from vir_dense.ops.retention import (RecurrentState, TokenLayout, check_mode, ch
                                      rows_per_chunk)
 from vir_dense.ops.retention.decay import from_grid, to_grid
 
-__all__ = ['VisionRetention', 'MultiHeadRetention', 'Block', 'run_blocks']
+__all__ = ['VisionRetention', 'ViRTrunk', 'MultiHeadRetention', 'Block', 'run_blocks']
 
 
 @dataclass
@@ -187,22 +187,20 @@ def run_blocks(blocks, x, ctx: RetentionContext, out_indices=(), with_cp=False,
     return torch.cat(outputs, dim=1), taps
 
 
-class VisionRetention(nn.Module):
-    """ViR classifier (timm-style). See the module docstring."""
+class ViRTrunk(nn.Module):
+    """Patch embedding, position embedding, class token, blocks and final norm.
 
-    def __init__(self, img_size=224, patch_size=16, in_chans=3, num_classes=1000,
-                 global_pool='token', embed_dim=384, depth=12, num_heads=6, mlp_ratio=4.0,
-                 qkv_bias=True, init_values=1e-5, drop_rate=0.0, pos_drop_rate=0.0,
+    Shared by the timm classifier (VisionRetention) and the OpenMMLab backbone (mm.ViR), so
+    both have the same parameter names and the same forward code.
+    """
+
+    def __init__(self, img_size=224, patch_size=16, in_chans=3, embed_dim=384, depth=12,
+                 num_heads=6, mlp_ratio=4.0, qkv_bias=True, init_values=1e-5, pos_drop_rate=0.0,
                  proj_drop_rate=0.0, drop_path_rate=0.0, mask='causal_2d',
                  retention_mode='parallel', chunk_size=256, dynamic_img_size=False,
                  norm_layer=None, act_layer=None):
         super().__init__()
-        if global_pool not in ('token', 'avg', ''):
-            raise ValueError(f"global_pool must be 'token' (the last token), 'avg' or ''; "
-                             f'got {global_pool!r}')
         norm_layer = norm_layer or partial(nn.LayerNorm, eps=1e-6)
-        self.num_classes = num_classes
-        self.global_pool = global_pool
         self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
         self.num_prefix_tokens = 0  # the class token is a suffix; pos_embed covers patches only
         self.dynamic_img_size = dynamic_img_size
@@ -219,11 +217,10 @@ class VisionRetention(nn.Module):
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias, init_values, proj_drop_rate,
                   drop_path[i], norm_layer, act_layer or nn.GELU) for i in range(depth)])
         self.norm = norm_layer(embed_dim)
-        self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        self.init_weights()
+        self._pos_embed_cache = {}
+        self.init_trunk_weights()
 
-    def init_weights(self):
+    def init_trunk_weights(self):
         nn.init.normal_(self.pos_embed, std=0.02)
         nn.init.normal_(self.cls_token, std=1e-6)
         for module in self.modules():
@@ -232,7 +229,6 @@ class VisionRetention(nn.Module):
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
 
-    # --- retention settings -------------------------------------------------------------
     def set_retention_mode(self, mode, chunk_size=None, mask=None):
         """Switch between 'parallel', 'recurrent' and 'chunkwise' (same weights, same outputs)."""
         check_mode(mode)
@@ -244,6 +240,59 @@ class VisionRetention(nn.Module):
             if chunk_size < 1:
                 raise ValueError(f'chunk_size must be >= 1, got {chunk_size}')
             self.chunk_size = chunk_size
+
+    def position_embedding(self, grid):
+        """pos_embed for a (rows, cols) patch grid, bicubically resized from the trained one.
+
+        Resized tables are cached per grid while no gradient flows into pos_embed (inference);
+        the cache key holds the parameter's version, so loading new weights invalidates it.
+        """
+        base_grid = tuple(self.patch_embed.grid_size)
+        grid = tuple(grid)
+        if grid == base_grid:
+            return self.pos_embed
+        if torch.is_grad_enabled() and self.pos_embed.requires_grad:
+            return resample_abs_pos_embed(self.pos_embed, new_size=grid, old_size=base_grid,
+                                          num_prefix_tokens=0, interpolation='bicubic')
+        key = (grid, self.pos_embed.dtype, self.pos_embed.device, self.pos_embed._version)
+        if key not in self._pos_embed_cache:
+            if len(self._pos_embed_cache) >= 8:
+                self._pos_embed_cache.clear()
+            with torch.no_grad():
+                self._pos_embed_cache[key] = resample_abs_pos_embed(
+                    self.pos_embed, new_size=grid, old_size=base_grid, num_prefix_tokens=0,
+                    interpolation='bicubic')
+        return self._pos_embed_cache[key]
+
+    def embed(self, x, with_cls_token=True):
+        """Image (B, C, H, W) -> tokens (B, rows*cols [+ 1], D), class token last; and the grid."""
+        x = self.patch_embed(x)
+        grid = tuple(x.shape[1:3])
+        x = x.flatten(1, 2) + self.position_embedding(grid)
+        if with_cls_token:
+            x = torch.cat([x, self.cls_token.expand(x.shape[0], -1, -1)], dim=1)
+        return self.pos_drop(x), grid
+
+    def context(self, grid, with_cls_token=True):
+        return RetentionContext(self.mask, self.retention_mode, grid, with_cls_token,
+                                self.chunk_size)
+
+
+class VisionRetention(ViRTrunk):
+    """ViR classifier (timm-style); the head reads the last (class) token."""
+
+    def __init__(self, num_classes=1000, global_pool='token', drop_rate=0.0, **kwargs):
+        super().__init__(**kwargs)
+        if global_pool not in ('token', 'avg', ''):
+            raise ValueError(f"global_pool must be 'token' (the last token), 'avg' or ''; "
+                             f'got {global_pool!r}')
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        if num_classes > 0:
+            nn.init.trunc_normal_(self.head.weight, std=0.02)
+            nn.init.zeros_(self.head.bias)
 
     # --- timm conventions ---------------------------------------------------------------
     @torch.jit.ignore
@@ -270,25 +319,6 @@ class VisionRetention(nn.Module):
         self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
 
     # --- forward ------------------------------------------------------------------------
-    def position_embedding(self, grid):
-        """pos_embed for a (rows, cols) patch grid, bicubically resized from the trained one."""
-        base_grid = self.patch_embed.grid_size
-        if tuple(grid) == tuple(base_grid):
-            return self.pos_embed
-        return resample_abs_pos_embed(self.pos_embed, new_size=grid, old_size=base_grid,
-                                      num_prefix_tokens=0, interpolation='bicubic')
-
-    def embed(self, x):
-        """Image (B, C, H, W) -> tokens (B, rows*cols + 1, D) with the class token last."""
-        x = self.patch_embed(x)
-        grid = tuple(x.shape[1:3])
-        x = x.flatten(1, 2) + self.position_embedding(grid)
-        x = torch.cat([x, self.cls_token.expand(x.shape[0], -1, -1)], dim=1)
-        return self.pos_drop(x), grid
-
-    def context(self, grid):
-        return RetentionContext(self.mask, self.retention_mode, grid, True, self.chunk_size)
-
     def forward_features(self, x, last_token_only=False):
         x, grid = self.embed(x)
         x, _ = run_blocks(self.blocks, x, self.context(grid), with_cp=self.grad_checkpointing,

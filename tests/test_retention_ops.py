@@ -1,0 +1,156 @@
+"""Every form of retention x every mask equals the naive dense-mask reference."""
+import itertools
+
+import pytest
+import torch
+
+from vir_dense.ops.retention import (MASKS, decay_gammas, retention, retention_chunkwise,
+                                     retention_naive, retention_parallel)
+from vir_dense.ops.retention.naive import naive_decay_mask
+from vir_dense.ops.retention.decay import TokenLayout
+
+# (rows, cols): square, non-square both ways, single row/column, and grids whose last chunk
+# is shorter than the chunk.
+GRIDS = [(4, 4), (3, 5), (5, 2), (1, 6), (7, 1)]
+FORMS = [('parallel', None), ('recurrent', None), ('chunkwise', 1), ('chunkwise', 6),
+         ('chunkwise', 10), ('chunkwise', 1000)]
+
+
+def _qkv(num_tokens, dtype, heads=3, dim=8, batch=2, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(batch, heads, num_tokens, dim, generator=gen, dtype=dtype)
+            for _ in range(3)]
+
+
+def test_decay_schedule_matches_paper():
+    gammas = decay_gammas(6)
+    assert torch.allclose(1 - gammas, 2.0 ** (-5 - 4 * torch.arange(6.) / 5).double())
+    assert gammas[0].item() == pytest.approx(0.96875)
+    assert gammas[-1].item() == pytest.approx(1 - 1 / 512)
+    assert decay_gammas(1).item() == pytest.approx(0.96875)
+
+
+@pytest.mark.parametrize('mask,grid,cls_token',
+                         itertools.product(MASKS, GRIDS, [False, True]))
+def test_every_form_matches_naive_float64(mask, grid, cls_token):
+    q, k, v = _qkv(grid[0] * grid[1] + cls_token, torch.float64)
+    gamma = decay_gammas(3)
+    reference = retention_naive(q, k, v, gamma, mask, grid, cls_token)
+    for mode, chunk_size in FORMS:
+        out = retention(q, k, v, mask=mask, mode=mode, grid=grid, cls_token=cls_token,
+                        chunk_size=chunk_size or 64)
+        assert out.dtype == torch.float64
+        torch.testing.assert_close(out, reference, rtol=0, atol=1e-10,
+                                   msg=f'{mode} chunk={chunk_size}')
+
+
+@pytest.mark.parametrize('mask', list(MASKS))
+def test_every_form_matches_naive_float32(mask):
+    grid = (6, 7)
+    q, k, v = _qkv(grid[0] * grid[1] + 1, torch.float32, heads=4, dim=16)
+    reference = retention_naive(q.double(), k.double(), v.double(), decay_gammas(4), mask,
+                                grid, True)
+    for mode, chunk_size in FORMS:
+        out = retention(q, k, v, mask=mask, mode=mode, grid=grid, cls_token=True,
+                        chunk_size=chunk_size or 64)
+        assert out.dtype == torch.float32
+        relative = (out.double() - reference).norm() / reference.norm()
+        assert relative < 1e-4, (mode, chunk_size, relative.item())
+        assert (out.double() - reference).abs().max() < 1e-4 * reference.abs().max()
+
+
+def test_naive_mask_values_follow_the_definition():
+    gamma = torch.tensor([0.5], dtype=torch.float64)
+    layout = TokenLayout(2, 3, cls_token=True)  # patches (x, y), class token at (2, 2)
+    causal_2d = naive_decay_mask(gamma, layout, causal=True)[0]
+    bidir_2d = naive_decay_mask(gamma, layout, causal=False)[0]
+    # patch 4 is at (1, 1); patch 0 at (0, 0): dx = dy = 1
+    assert causal_2d[4, 0] == 0.5 ** 2 and causal_2d[0, 4] == 0
+    # patch 2 at (2, 0) is not in the upper-left quadrant of patch 4 at (1, 1)
+    assert causal_2d[4, 2] == 0 and bidir_2d[4, 2] == 0.5 ** 2
+    # the class token (last) sees every patch: patch 0 at distance (2, 2)
+    assert causal_2d[-1, 0] == 0.5 ** 4 and (causal_2d[-1] > 0).all()
+    assert (causal_2d[:-1, -1] == 0).all()  # and no patch sees it under a causal mask
+    one_d = naive_decay_mask(gamma, TokenLayout(4, 1), causal=True)[0]
+    assert one_d[3, 1] == 0.25 and one_d[1, 3] == 0
+
+
+@pytest.mark.parametrize('mask', list(MASKS))
+def test_parallel_and_chunkwise_gradients_agree(mask):
+    grid = (5, 3)
+    tensors = _qkv(grid[0] * grid[1] + 1, torch.float64, heads=2, dim=4)
+    grads = {}
+    for name, fn in [('parallel', retention_parallel),
+                     ('chunkwise', lambda *a: retention_chunkwise(*a, chunk_size=4))]:
+        inputs = [t.clone().requires_grad_(True) for t in tensors]
+        out = fn(*inputs, decay_gammas(2), mask, grid, True)
+        (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
+        grads[name] = [t.grad for t in inputs]
+    for parallel_grad, chunk_grad in zip(grads['parallel'], grads['chunkwise']):
+        torch.testing.assert_close(chunk_grad, parallel_grad, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize('mask', ['causal_1d', 'causal_2d'])
+@pytest.mark.parametrize('mode', ['parallel', 'recurrent', 'chunkwise'])
+def test_causal_masks_are_causal(mask, mode):
+    grid = (4, 5)
+    q, k, v = _qkv(grid[0] * grid[1] + 1, torch.float64)
+    base = retention(q, k, v, mask=mask, mode=mode, grid=grid, cls_token=True, chunk_size=5)
+    token = 12  # (x, y) = (2, 2)
+    k2, v2 = k.clone(), v.clone()
+    k2[:, :, token] += 1.0
+    v2[:, :, token] -= 2.0
+    moved = retention(q, k2, v2, mask=mask, mode=mode, grid=grid, cls_token=True, chunk_size=5)
+    changed = (moved - base).abs().amax(dim=(0, 1, 3)) > 1e-12
+    assert not changed[:token].any(), 'an earlier token saw a later one'
+    assert changed[token] and changed[-1]  # itself and the class token see it
+    if mask == 'causal_2d':
+        # (3, 2) is to the right of (2, 2) on the same row: outside its quadrant
+        assert not changed[13] and changed[2 * 5 + 5 + 2]  # (2, 3) directly below sees it
+
+
+@pytest.mark.parametrize('mode', ['parallel', 'chunkwise'])
+@pytest.mark.parametrize('mask', ['causal_1d', 'bidirectional_2d'])
+def test_bf16_autocast_at_4096_tokens(mode, mask):
+    grid = (64, 64)
+    q, k, v = _qkv(grid[0] * grid[1], torch.float32, heads=2, dim=16, batch=1)
+    q, k, v = q * 3, k * 3, v * 3  # large activations
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = retention(q, k, v, mask=mask, mode=mode, grid=grid, chunk_size=512)
+    assert torch.isfinite(out).all()
+    reference = retention(q, k, v, mask=mask, mode='chunkwise', grid=grid, chunk_size=512)
+    relative = (out.float() - reference).norm() / reference.norm()
+    assert relative < 0.05, relative.item()
+
+
+def test_bad_arguments_are_named():
+    q, k, v = _qkv(12, torch.float32)
+    with pytest.raises(ValueError, match='unknown retention mask'):
+        retention(q, k, v, mask='diagonal')
+    with pytest.raises(ValueError, match='unknown retention mode'):
+        retention(q, k, v, mode='fast')
+    with pytest.raises(ValueError, match='needs grid'):
+        retention(q, k, v, mask='causal_2d')
+    with pytest.raises(ValueError, match='grid 3x3 holds 9'):
+        retention(q, k, v, mask='causal_2d', grid=(3, 3))
+    with pytest.raises(ValueError, match='chunk_size'):
+        retention(q, k, v, mode='chunkwise', chunk_size=0)
+
+
+def test_chunkwise_memory_has_no_token_by_token_matrix():
+    """The chunkwise form never materialises an N x N tensor (checked by tracing allocations)."""
+    grid = (32, 32)
+    q, k, v = _qkv(grid[0] * grid[1], torch.float32, heads=1, dim=8, batch=1)
+    largest = []
+
+    class Spy(torch.overrides.TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            result = func(*args, **(kwargs or {}))
+            if torch.is_tensor(result):
+                largest.append(result.numel())
+            return result
+
+    with Spy():
+        retention(q, k, v, mask='bidirectional_2d', mode='chunkwise', grid=grid, chunk_size=64)
+    num_tokens = grid[0] * grid[1]
+    assert max(largest) < num_tokens * num_tokens / 8

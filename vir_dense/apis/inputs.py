@@ -1,0 +1,55 @@
+"""Input handling shared by the detection and segmentation inference scripts.
+
+Users pass images, folders and globs; one unreadable file must not abort the others.
+"""
+import glob
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
+
+
+def collect_images(inputs):
+    """Expand image paths, folders (non-recursive) and glob patterns into a sorted file list.
+
+    Raises FileNotFoundError naming every input that matched nothing.
+    """
+    files, unmatched = [], []
+    for item in inputs:
+        item = str(item)
+        if os.path.isdir(item):
+            found = [str(p) for p in sorted(Path(item).iterdir())
+                     if p.suffix.lower() in IMAGE_SUFFIXES]
+        elif os.path.isfile(item):
+            found = [item]
+        else:
+            found = sorted(p for p in glob.glob(item, recursive=True)
+                           if os.path.isfile(p) and Path(p).suffix.lower() in IMAGE_SUFFIXES)
+        if not found:
+            unmatched.append(item)
+        files.extend(found)
+    if unmatched:
+        raise FileNotFoundError(f'no images found for {unmatched}: pass image files, folders or '
+                                f'glob patterns (suffixes {", ".join(IMAGE_SUFFIXES)})')
+    return list(dict.fromkeys(files))  # de-duplicated, order kept
+
+
+def read_rgb(path):
+    """Read an image as an RGB uint8 array; grey, palette and RGBA images are converted.
+
+    Raises ValueError with the path for a file that is not a readable image.
+    """
+    try:
+        with Image.open(path) as image:
+            if image.mode in ('RGBA', 'LA') or (image.mode == 'P' and 'transparency' in image.info):
+                # Composite on white rather than dropping alpha (transparent pixels are often black).
+                rgba = image.convert('RGBA')
+                background = Image.new('RGBA', rgba.size, (255, 255, 255, 255))
+                image = Image.alpha_composite(background, rgba)
+            return np.asarray(image.convert('RGB'))
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise ValueError(f'cannot read image {path}: {err}') from err
+

@@ -1,0 +1,172 @@
+"""ViR as an OpenMMLab backbone (registered as `ViR` in mmdet's and mmseg's MODELS).
+
+The same trunk as the timm models (vir_dense.models.vir.ViRTrunk: same blocks, same parameter
+names), plus what dense prediction needs: any input size (padded to the patch size, outputs
+cropped back), intermediate taps at `out_indices`, an optional multi-scale pyramid, frozen
+stages, gradient checkpointing, and pretrained import that reports what it loaded.
+"""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmengine.logging import print_log
+from mmengine.model import BaseModule
+
+from vir_dense.models.vir import ViRTrunk, run_blocks
+from vir_dense.ops.retention import parse_mask
+
+from .neck import rescale_layer
+
+ARCH_ZOO = {
+    'tiny': dict(embed_dims=192, num_layers=12, num_heads=3),
+    'small': dict(embed_dims=384, num_layers=12, num_heads=6),
+    'base': dict(embed_dims=768, num_layers=12, num_heads=12),
+    'large': dict(embed_dims=1024, num_layers=24, num_heads=16),
+}
+PYRAMIDS = ('taps', None)
+TAP_SCALES = (4, 2, 1, 0.5)  # x4, x2, x1, x0.5 of the stride-16 maps: strides 4, 8, 16, 32
+
+
+def _arch_settings(arch):
+    if isinstance(arch, str):
+        if arch not in ARCH_ZOO:
+            raise ValueError(f'unknown ViR arch {arch!r}; choose one of {sorted(ARCH_ZOO)} '
+                             'or pass a dict(embed_dims=..., num_layers=..., num_heads=...)')
+        return dict(ARCH_ZOO[arch])
+    missing = {'embed_dims', 'num_layers', 'num_heads'} - set(arch)
+    if missing:
+        raise ValueError(f'arch dict lacks {sorted(missing)}')
+    return dict(arch)
+
+
+class ViR(ViRTrunk, BaseModule):
+    """Vision Retention backbone giving NCHW feature maps.
+
+    Args:
+        arch: 'tiny' | 'small' | 'base' | 'large' or dict(embed_dims, num_layers, num_heads).
+        patch_size: patch (and stride) of the patch embedding.
+        img_size: the pretraining input size; the position embedding is stored for that grid
+            and resized bicubically to the grid of each input.
+        out_indices: blocks whose outputs are returned (negative indices count from the end).
+        pyramid: 'taps' rescales the four taps x4/x2/x1/x0.5 to strides 4/8/16/32 (mmseg
+            BEiT/MAE style, used by the UperNet configs); None returns the stride-16 maps as
+            they are (for the SimpleFeaturePyramid neck, used by the Mask R-CNN configs).
+        mask: 'causal_1d' | 'causal_2d' | 'bidirectional_1d' | 'bidirectional_2d'.
+        retention_mode: 'parallel' | 'chunkwise' | 'recurrent' (same outputs; chunkwise and
+            recurrent keep memory linear in the number of tokens).
+        chunk_size: tokens per chunk in chunkwise mode (rounded to whole rows for 2D masks).
+        with_cls_token: run the class token through the blocks. None follows the mask: under a
+            causal mask no patch sees the (last) class token, so it is dropped for free; under a
+            bidirectional mask every patch sees it, so it is kept as in pretraining.
+        final_norm: apply the trunk's final LayerNorm to the tap of the last block.
+        with_cp: gradient checkpointing of each block while training.
+        frozen_stages: -1 trains everything; 0 freezes the embeddings; k >= 1 also blocks 0..k-1.
+        init_cfg: dict(type='Pretrained', checkpoint=PATH or 'timm/<model>',
+            allow_partial=False) imports ViR, timm ViT/DeiT or mmdet/mmseg checkpoints
+            (vir_dense.mm.checkpoint), with a report of what was loaded.
+    """
+
+    def __init__(self, arch='small', patch_size=16, img_size=224, in_channels=3,
+                 out_indices=(3, 5, 7, 11), pyramid='taps', mask='bidirectional_2d',
+                 retention_mode='parallel', chunk_size=256, drop_path_rate=0.1,
+                 init_values=1e-5, with_cls_token=None, final_norm=True, with_cp=False,
+                 frozen_stages=-1, init_cfg=None):
+        settings = _arch_settings(arch)
+        super().__init__(img_size=img_size, patch_size=patch_size, in_chans=in_channels,
+                         embed_dim=settings['embed_dims'], depth=settings['num_layers'],
+                         num_heads=settings['num_heads'], init_values=init_values,
+                         drop_path_rate=drop_path_rate, mask=mask,
+                         retention_mode=retention_mode, chunk_size=chunk_size,
+                         dynamic_img_size=True)
+        self.init_cfg = init_cfg
+        num_layers = settings['num_layers']
+        self.out_indices = tuple(i % num_layers for i in out_indices)
+        if any(not -num_layers <= i < num_layers for i in out_indices):
+            raise ValueError(f'out_indices {out_indices} out of range for {num_layers} blocks')
+        if pyramid not in PYRAMIDS:
+            raise ValueError(f'unknown pyramid {pyramid!r}; choose one of {PYRAMIDS}')
+        if pyramid == 'taps' and len(self.out_indices) != len(TAP_SCALES):
+            raise ValueError(f"pyramid='taps' needs 4 out_indices, got {out_indices}")
+        self.pyramid = pyramid
+        self.patch_size = patch_size
+        self.in_channels = in_channels
+        causal, _ = parse_mask(mask)
+        self.with_cls_token = (not causal) if with_cls_token is None else with_cls_token
+        self.final_norm = final_norm
+        self.with_cp = with_cp
+        self.frozen_stages = frozen_stages
+        if pyramid == 'taps':
+            self.rescales = nn.ModuleList(
+                [rescale_layer(self.embed_dim, scale) for scale in TAP_SCALES])
+        self.out_strides = tuple(
+            int(patch_size / scale) for scale in TAP_SCALES) if pyramid else (
+            (patch_size,) * len(self.out_indices))
+        self._freeze_stages()
+
+    # --- weights --------------------------------------------------------------------------
+    def init_weights(self):
+        """Random init is done at construction; a Pretrained init_cfg imports weights here."""
+        cfg = self.init_cfg or {}
+        if cfg.get('type') != 'Pretrained':
+            if cfg:
+                super(ViRTrunk, self).init_weights()
+            return
+        from .checkpoint import load_pretrained  # avoid import cycles at registration time
+        report = load_pretrained(self, cfg['checkpoint'],
+                                 allow_partial=cfg.get('allow_partial', False))
+        print_log(f'ViR pretrained import from {cfg["checkpoint"]}:\n{report}', logger='current')
+        self._is_init = True
+
+    def _freeze_stages(self):
+        if self.frozen_stages < 0:
+            return
+        frozen = [self.patch_embed, *self.blocks[:self.frozen_stages]]
+        if self.frozen_stages >= len(self.blocks) and self.final_norm:
+            frozen.append(self.norm)
+        for module in frozen:
+            module.eval()
+            for param in module.parameters():
+                param.requires_grad = False
+        self.pos_embed.requires_grad = False
+        self.cls_token.requires_grad = False
+
+    def train(self, mode=True):
+        super().train(mode)
+        self._freeze_stages()  # keep frozen parts in eval mode (dropout, drop-path)
+        return self
+
+    # --- forward --------------------------------------------------------------------------
+    def _check_input(self, x):
+        if not torch.is_tensor(x) or x.dim() != 4:
+            shape = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
+            raise ValueError(f'ViR expects a batch of images (B, C, H, W); got {shape}. '
+                             'Add a batch dimension with x[None] for a single image.')
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f'ViR was built for {self.in_channels}-channel input but got '
+                             f'{x.shape[1]} channels; convert the images (e.g. grey or RGBA '
+                             'to RGB) or set in_channels.')
+
+    def forward(self, x):
+        self._check_input(x)
+        height, width = x.shape[-2:]
+        pad_h = (-height) % self.patch_size
+        pad_w = (-width) % self.patch_size
+        if pad_h or pad_w:  # pad right/bottom; outputs are cropped back below
+            x = F.pad(x, (0, pad_w, 0, pad_h))
+        tokens, grid = self.embed(x, with_cls_token=self.with_cls_token)
+        ctx = self.context(grid, self.with_cls_token)
+        _, taps = run_blocks(self.blocks, tokens, ctx, out_indices=self.out_indices,
+                             with_cp=self.with_cp and self.training)
+        last_block = len(self.blocks) - 1
+        outs = []
+        for position, index in enumerate(self.out_indices):
+            feats = taps[index][:, :grid[0] * grid[1]]
+            if index == last_block and self.final_norm:
+                feats = self.norm(feats)
+            feats = feats.transpose(1, 2).reshape(x.shape[0], -1, *grid)
+            if self.pyramid == 'taps':
+                feats = self.rescales[position](feats)
+            stride = self.out_strides[position]
+            outs.append(feats[..., :math.ceil(height / stride), :math.ceil(width / stride)])
+        return tuple(outs)
