@@ -17,9 +17,9 @@ class ToyModel(BaseModel):
         self.linear = nn.Linear(2, 1)
 
     def forward(self, inputs, labels=None, mode='tensor'):
-        out = self.linear(torch.stack(inputs) if isinstance(inputs, list) else inputs)
+        out = self.linear(inputs)  # default_collate gives (B, 2) inputs and (B,) labels
         if mode == 'loss':
-            return {'loss': ((out.squeeze(-1) - torch.stack(labels)) ** 2).mean()}
+            return {'loss': ((out.squeeze(-1) - labels) ** 2).mean()}
         return out
 
 

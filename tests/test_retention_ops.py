@@ -31,7 +31,7 @@ def test_decay_schedule_matches_paper():
 
 
 @pytest.mark.parametrize('mask,grid,cls_token',
-                         itertools.product(MASKS, GRIDS, [False, True]))
+                         list(itertools.product(MASKS, GRIDS, [False, True])))
 def test_every_form_matches_naive_float64(mask, grid, cls_token):
     q, k, v = _qkv(grid[0] * grid[1] + cls_token, torch.float64)
     gamma = decay_gammas(3)
@@ -105,8 +105,9 @@ def test_causal_masks_are_causal(mask, mode):
     assert not changed[:token].any(), 'an earlier token saw a later one'
     assert changed[token] and changed[-1]  # itself and the class token see it
     if mask == 'causal_2d':
-        # (3, 2) is to the right of (2, 2) on the same row: outside its quadrant
-        assert not changed[13] and changed[2 * 5 + 5 + 2]  # (2, 3) directly below sees it
+        # (1, 3) is below but left of (2, 2): outside its upper-left quadrant
+        assert not changed[3 * 5 + 1]
+        assert changed[3 * 5 + 2] and changed[2 * 5 + 3]  # below it and right of it see it
 
 
 @pytest.mark.parametrize('mode', ['parallel', 'chunkwise'])

@@ -79,7 +79,10 @@ def test_streaming_keeps_one_state_per_layer():
     model.set_retention_mode('chunkwise', 16)
     seen = []
     for block in model.blocks:
-        block.retention.register_forward_pre_hook(lambda m, a: seen.append(a[0].shape[1]))
+        def spy(x, state, piece, _inner=block.retention.forward_stream):
+            seen.append(x.shape[1])
+            return _inner(x, state, piece)
+        block.retention.forward_stream = spy
     with torch.no_grad():
         model.forward_features(torch.randn(1, 3, 80, 64, dtype=torch.float64))
     # 5x4 grid, chunks of 4 rows = 16 tokens: 16, 4, then the class token; per block.

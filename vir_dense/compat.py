@@ -7,6 +7,12 @@ would let any downloaded "pretrained" pickle run code), we allow exactly those d
 the weights-only unpickler. Every load stays weights-only; a pickle that calls `os.system`
 or any other function is still refused.
 
+HistoryBuffer also pickles its statistics functions, as `getattr(HistoryBuffer, 'mean')`;
+allowing `getattr` would open the unpickler to arbitrary attribute access, so checkpoints
+written here store the functions' *names* and loading looks them up again. (Checkpoints
+written by plain mmengine with torch >= 2.6 hold `getattr`; re-save them from a trusted
+environment with `weights_only=False` if needed.)
+
 Checkpoints are also written atomically: mmengine's local file backend writes in place, so a
 run killed mid-save would leave a truncated `latest` checkpoint that breaks `--resume`.
 """
@@ -28,7 +34,29 @@ def _numpy_safe_globals():
     return [_reconstruct, scalar, np.ndarray, np.dtype, *dtype_classes]
 
 
+def _history_buffer_getstate(self):
+    state = dict(self.__dict__)
+    state['statistics_methods'] = sorted(type(self)._statistics_methods)  # names only
+    return state
+
+
+def _history_buffer_setstate(self, state):
+    state = dict(state)
+    methods = state.pop('statistics_methods', ())
+    self._set_default_statistics()
+    if isinstance(methods, dict):  # written by plain mmengine (trusted, loaded without us)
+        self._statistics_methods.update(methods)
+    else:
+        unknown = [name for name in methods if name not in self._statistics_methods]
+        if unknown:  # custom statistics must be registered (imported) before loading
+            raise KeyError(f'HistoryBuffer statistics {unknown} are not registered; import '
+                           'the module that calls HistoryBuffer.register_statistics first')
+    self.__dict__.update(state)
+
+
 def allow_mmengine_checkpoint_types():
+    HistoryBuffer.__getstate__ = _history_buffer_getstate
+    HistoryBuffer.__setstate__ = _history_buffer_setstate
     torch.serialization.add_safe_globals([HistoryBuffer, *_numpy_safe_globals()])
 
 

@@ -10,7 +10,6 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from mmengine.logging import print_log
 from mmengine.model import BaseModule
 
 from vir_dense.models.vir import ViRTrunk, run_blocks
@@ -106,16 +105,11 @@ class ViR(ViRTrunk, BaseModule):
 
     # --- weights --------------------------------------------------------------------------
     def init_weights(self):
-        """Random init is done at construction; a Pretrained init_cfg imports weights here."""
-        cfg = self.init_cfg or {}
-        if cfg.get('type') != 'Pretrained':
-            if cfg:
-                super(ViRTrunk, self).init_weights()
-            return
-        from .checkpoint import load_pretrained  # avoid import cycles at registration time
-        report = load_pretrained(self, cfg['checkpoint'],
-                                 allow_partial=cfg.get('allow_partial', False))
-        print_log(f'ViR pretrained import from {cfg["checkpoint"]}:\n{report}', logger='current')
+        """Random init is done at construction; a Pretrained init_cfg imports weights here
+        (and logs a report of what was loaded, resized, filled, missing or unexpected)."""
+        from .checkpoint import load_pretrained_from_init_cfg  # late: keeps registration light
+        if load_pretrained_from_init_cfg(self, self.init_cfg) is None and self.init_cfg:
+            super(ViRTrunk, self).init_weights()  # other init_cfg types: mmengine's initialisers
         self._is_init = True
 
     def _freeze_stages(self):

@@ -212,7 +212,7 @@ class ViRTrunk(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches, embed_dim))
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_drop = nn.Dropout(pos_drop_rate)
-        drop_path = torch.linspace(0, drop_path_rate, depth).tolist()
+        drop_path = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linear rule
         self.blocks = nn.Sequential(*[
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias, init_values, proj_drop_rate,
                   drop_path[i], norm_layer, act_layer or nn.GELU) for i in range(depth)])
