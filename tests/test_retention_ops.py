@@ -155,3 +155,17 @@ def test_chunkwise_memory_has_no_token_by_token_matrix():
         retention(q, k, v, mask='bidirectional_2d', mode='chunkwise', grid=grid, chunk_size=64)
     num_tokens = grid[0] * grid[1]
     assert max(largest) < num_tokens * num_tokens / 8
+
+
+@pytest.mark.parametrize('causal', [True, False])
+@pytest.mark.parametrize('gamma', [[0.96875, 0.998], [0.01, 0.2]], ids=['vir', 'underflow'])
+def test_column_mixing_scan_equals_the_matrix_product(causal, gamma):
+    """The O(C d^2) rescaled-cumsum mixing equals Dx @ C (incl. its fallback for tiny gamma^C)."""
+    from vir_dense.ops.retention.chunkwise import mix_columns
+    from vir_dense.ops.retention.decay import decay_matrix
+    gamma = torch.tensor(gamma, dtype=torch.float64)
+    columns = torch.randn(2, 2, 300, 3, 3, dtype=torch.float64)
+    expected = torch.einsum('hxz,bhzde->bhxde', decay_matrix(gamma, 300, causal, torch.float64),
+                            columns)
+    torch.testing.assert_close(mix_columns(columns, gamma, causal), expected, rtol=1e-9,
+                               atol=1e-9)

@@ -88,7 +88,8 @@ class MultiHeadRetention(nn.Module):
             out = recurrent_step(state, piece.column, q[:, :, 0], k[:, :, 0], v[:, :, 0])
             return self._merge_heads(out[:, :, None].to(x.dtype)), state
         grid_qkv = [to_grid(t, piece.layout) for t in (q, k, v)]
-        out, state = chunk_step(*grid_qkv, state, gamma, causal=True)
+        out, state = chunk_step(*grid_qkv, state, gamma, causal=True,
+                                update_state=not piece.last)
         return self._merge_heads(from_grid(out, piece.layout).to(x.dtype)), state
 
 
@@ -127,6 +128,7 @@ class StreamPiece:
     layout: TokenLayout       # geometry of this piece (rows of patches, or the class-token row)
     column: Optional[int] = None   # recurrent mode: the grid column of the single token
     skip_columns: tuple = ()       # recurrent mode: empty cells to decay through first
+    last: bool = False             # no state is needed after the last piece
 
     @property
     def num_tokens(self):
@@ -142,15 +144,17 @@ def stream_pieces(ctx: RetentionContext):
         chunk_rows = rows_per_chunk(ctx.chunk_size, cols)
         for start_row in range(0, rows, chunk_rows):
             num_rows = min(chunk_rows, rows - start_row)
-            pieces.append(StreamPiece(start_row * cols, TokenLayout(num_rows, cols)))
-        if ctx.cls_token:
-            pieces.append(StreamPiece(rows * cols, TokenLayout(0, cols, cls_token=True)))
+            last = start_row + num_rows == rows  # the class token rides with the last chunk
+            pieces.append(StreamPiece(start_row * cols,
+                                      TokenLayout(num_rows, cols, ctx.cls_token and last),
+                                      last=last))
     else:
         for index in range(rows * cols):
             pieces.append(StreamPiece(index, TokenLayout(1, cols), column=index % cols))
         if ctx.cls_token:  # its row is empty up to the last column
             pieces.append(StreamPiece(rows * cols, TokenLayout(1, cols), column=cols - 1,
                                       skip_columns=tuple(range(cols - 1))))
+    pieces[-1].last = True
     return pieces
 
 

@@ -27,36 +27,58 @@ def chunk_bounds(rows, chunk_rows):
     return list(range(0, rows, chunk_rows)) + [rows]
 
 
-def chunk_step(q, k, v, columns, gamma, causal, intra=True):
+def mix_columns(columns, gamma, causal):
+    """Dx @ columns along the column axis (dim 2) of (B, H, C, d, d) states, in O(C d^2).
+
+    sum_z gamma^(x-z) C_z (z <= x) = gamma^x * cumsum_z(gamma^-z C_z): a rescaled cumulative
+    sum instead of a (C x C) matrix product; rounding matches direct summation. Very wide
+    grids, where gamma^-C would leave float range, use the matrix product.
+    """
+    cols = columns.shape[2]
+    dtype = columns.dtype
+    powers = decay_powers(gamma, cols, dtype)[None, :, :, None, None]  # gamma^x
+    if powers.min() < torch.finfo(dtype).tiny ** 0.5:
+        return torch.einsum('hxz,bhzde->bhxde', decay_matrix(gamma, cols, causal, dtype), columns)
+    mixed = (columns / powers).cumsum(2) * powers  # left of x, x included
+    if not causal:  # plus right of x, x excluded
+        mixed = mixed + (columns * powers).flip(2).cumsum(2).flip(2) / powers - columns
+    return mixed
+
+
+def chunk_step(q, k, v, columns, gamma, causal, intra=True, update_state=True):
     """One chunk of R full rows: q, k, v (B, H, R, C, d); columns (B, H, C, d, d) or None.
 
     Returns the chunk's output (intra-chunk part only if `intra`) plus the part read from the
-    rows above, and the column states after the chunk.
+    rows above, and the column states after the chunk (None if not `update_state`, e.g. for
+    the last chunk of a sequence). States are updated in place when no gradient is recorded.
     """
     batch, heads, rows, cols, dim = q.shape
     dtype = compute_dtype(q.dtype)
     gamma = gamma.to(q.device)
+    in_place = not torch.is_grad_enabled()
     out = None
     if intra:
         decay = parallel_decay_mask(gamma, TokenLayout(rows, cols), causal, dtype)
         flat = [t.reshape(batch, heads, rows * cols, dim) for t in (q, k, v)]
-        scores = (flat[0] @ flat[1].transpose(-1, -2)) * decay
+        scores = (flat[0] @ flat[1].transpose(-1, -2)).mul_(decay)
         out = (scores.to(v.dtype) @ flat[2]).reshape(q.shape).to(dtype)
+    row_powers = decay_powers(gamma, rows + 1, dtype)  # gamma^0 .. gamma^R
     if columns is not None:  # the rows above this chunk
-        mixed = torch.einsum('hxz,bhzde->bhxde', decay_matrix(gamma, cols, causal, dtype), columns)
-        row_decay = decay_powers(gamma, rows + 1, dtype)[:, 1:]  # gamma^(r+1)
-        cross = torch.einsum('bhrxd,bhxde->bhrxe', q.to(dtype) * row_decay[None, :, :, None, None],
-                             mixed)
-        out = cross if out is None else out + cross
-        columns = columns * decay_powers(gamma, rows + 1, dtype)[None, :, -1, None, None, None]
-    else:
-        columns = q.new_zeros(batch, heads, cols, dim, dim, dtype=dtype)
-    key_decay = decay_powers(gamma, rows, dtype).flip(-1)  # gamma^(R-1-r)
-    columns = columns + torch.einsum('bhrxd,bhrxe->bhxde',
-                                     k.to(dtype) * key_decay[None, :, :, None, None], v.to(dtype))
+        query = q.to(dtype) * row_powers[None, :, 1:, None, None]  # gamma^(r+1)
+        cross = torch.einsum('bhrxd,bhxde->bhrxe', query, mix_columns(columns, gamma, causal))
+        out = cross if out is None else out.add_(cross)
     if out is None:
         out = torch.zeros_like(q, dtype=dtype)
-    return out, columns
+    if not update_state:
+        return out, None
+    key = k.to(dtype) * row_powers[None, :, :-1, None, None].flip(2)  # gamma^(R-1-r)
+    new_kv = torch.einsum('bhrxd,bhrxe->bhxde', key, v.to(dtype))
+    if columns is None:
+        return out, new_kv
+    chunk_decay = row_powers[None, :, -1, None, None, None]  # gamma^R
+    if in_place:
+        return out, columns.mul_(chunk_decay).add_(new_kv)
+    return out, columns * chunk_decay + new_kv
 
 
 def retention_chunkwise(q, k, v, gamma, mask='causal_1d', grid=None, cls_token=False,
@@ -68,9 +90,9 @@ def retention_chunkwise(q, k, v, gamma, mask='causal_1d', grid=None, cls_token=F
     spans = list(zip(bounds[:-1], bounds[1:]))
 
     outs, columns = [], None
-    for start, end in spans:  # top-down
+    for index, (start, end) in enumerate(spans):  # top-down
         out, columns = chunk_step(qg[:, :, start:end], kg[:, :, start:end], vg[:, :, start:end],
-                                  columns, gamma, causal)
+                                  columns, gamma, causal, update_state=index < len(spans) - 1)
         outs.append(out)
     if not causal:  # bottom-up on the flipped grid, same chunk borders, rows below only
         qf, kf, vf = (t.flip(2) for t in (qg, kg, vg))
@@ -78,6 +100,7 @@ def retention_chunkwise(q, k, v, gamma, mask='causal_1d', grid=None, cls_token=F
         for index in reversed(range(len(spans))):
             start, end = rows - spans[index][1], rows - spans[index][0]
             out, columns = chunk_step(qf[:, :, start:end], kf[:, :, start:end],
-                                      vf[:, :, start:end], columns, gamma, causal, intra=False)
+                                      vf[:, :, start:end], columns, gamma, causal, intra=False,
+                                      update_state=index > 0)
             outs[index] = outs[index] + out.flip(2)
     return from_grid(torch.cat(outs, dim=2), layout).to(q.dtype)

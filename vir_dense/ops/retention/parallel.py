@@ -32,5 +32,5 @@ def retention_parallel(q, k, v, gamma, mask='causal_1d', grid=None, cls_token=Fa
     causal, _ = parse_mask(mask)
     layout = make_layout(mask, q.shape[-2], grid, cls_token)
     decay = parallel_decay_mask(gamma, layout, causal, compute_dtype(q.dtype))
-    scores = (q @ k.transpose(-1, -2)) * decay
+    scores = (q @ k.transpose(-1, -2)).mul_(decay)  # in place: one N x N buffer, not two
     return scores.to(v.dtype) @ v

@@ -18,9 +18,9 @@ class RecurrentState:
 
     def __init__(self, batch, heads, cols, head_dim, gamma, dtype, device):
         self.gamma = gamma.to(device=device, dtype=dtype)[None, :, None, None]
-        self.columns = torch.zeros(batch, heads, cols, head_dim, head_dim, dtype=dtype,
-                                   device=device)
-        self.row = torch.zeros(batch, heads, head_dim, head_dim, dtype=dtype, device=device)
+        zeros = torch.zeros(batch, heads, head_dim, head_dim, dtype=dtype, device=device)
+        self.columns = [zeros] * cols  # one (B, H, d, d) state per column, replaced not mutated
+        self.row = zeros
 
 
 def recurrent_step(state, x, q=None, k=None, v=None):
@@ -29,11 +29,10 @@ def recurrent_step(state, x, q=None, k=None, v=None):
     q, k, v are (B, H, d) or None for an empty cell (the class token's row), which still
     decays the states. Returns o (B, H, d) when q is given.
     """
-    column = state.gamma * state.columns[:, :, x]
+    column = state.gamma * state.columns[x]
     if k is not None:
         column = column + k.to(column.dtype)[..., :, None] * v.to(column.dtype)[..., None, :]
-    state.columns = state.columns.clone()  # keep autograd's saved tensors intact
-    state.columns[:, :, x] = column
+    state.columns[x] = column
     state.row = column if x == 0 else state.gamma * state.row + column
     if q is not None:
         return torch.einsum('bhd,bhde->bhe', q.to(column.dtype), state.row)
