@@ -1,0 +1,587 @@
+"""Segmentation inference: load a segmentor, run it on images at any size, write label maps.
+
+    from vir_dense.apis.seg import init_segmentor, segment_array, segment_images
+    model = init_segmentor('configs/upernet_vir_t_synthetic.py', 'work_dirs/.../iter_2000.pth',
+                           retention_mode='chunkwise', chunk_size=256)   # whole-image mode
+    labels = segment_array(model, read_rgb('image.jpg'))                 # (H, W) int64 class ids
+    report = segment_images(model, ['images/'], 'out/')                  # *_color/_overlay/_label
+
+High resolution. ``retention_mode='chunkwise'`` switches the ViR backbone to its row-chunked
+retention form (same weights, same outputs as 'parallel', memory linear in the number of
+tokens) and the segmentor to whole-image inference (``test_cfg.mode='whole'``). The logits are
+then upsampled to full resolution and arg-maxed in bands of rows, so the full-resolution
+(classes x H x W) logit tensor that mmseg materialises (10 GB for 150 classes at 4096x4096)
+never exists. ``mode='slide'`` keeps mmseg's sliding window for comparison.
+
+Any mmseg ``EncoderDecoder`` works: models from mmseg's ``init_model`` can be passed to
+:func:`segment_images`, and models from :func:`init_segmentor` to mmseg's ``inference_model``
+(they carry ``.cfg`` and ``.dataset_meta``).
+"""
+import os
+import os.path as osp
+import re
+import sys
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .inputs import collect_images, read_rgb
+
+__all__ = ['init_segmentor', 'configure_inference', 'load_segmentor_checkpoint',
+           'CheckpointMismatchError', 'build_inference_pipeline', 'segment_array',
+           'upsample_argmax', 'colorize', 'overlay', 'segment_images', 'SegmentReport',
+           'dataset_meta_from_config', 'RETENTION_MODES', 'TEST_MODES']
+# segment_array's memory at high resolution, whole-image mode (UperNet, C classes, image H x W):
+# the backbone (chunkwise: linear in H x W), the lean UPerHead forward (~3 maps of
+# channels x H/4 x W/4 instead of ~9), the stride-4 logits (C x H/4 x W/4) and one band of
+# upsampled logits; never C x H x W.
+
+RETENTION_MODES = ('parallel', 'chunkwise', 'recurrent')
+TEST_MODES = ('whole', 'slide')
+DEFAULT_SLIDE = dict(crop_size=(512, 512), stride=(341, 341))
+# Elements of one band of upsampled logits (classes x rows x width): 16 Mi floats = 64 MiB.
+BAND_ELEMENTS = 1 << 24
+
+
+class CheckpointMismatchError(RuntimeError):
+    """A checkpoint whose parameter names or shapes do not match the model of the config."""
+
+
+# --------------------------------------------------------------------------------------------
+# Building the model
+# --------------------------------------------------------------------------------------------
+def init_segmentor(config, checkpoint: Optional[str] = None, device: str = 'cpu',
+                   retention_mode: Optional[str] = None, chunk_size: Optional[int] = None,
+                   mode: Optional[str] = None, cfg_options: Optional[dict] = None):
+    """A segmentor in eval mode with the checkpoint's weights and dataset meta.
+
+    Args:
+        config: config path or mmengine Config (``default_scope='mmseg'``).
+        checkpoint: a checkpoint of a model built from this config; every parameter must match
+            (names and shapes), otherwise :class:`CheckpointMismatchError` names what differs.
+            None keeps the random init (the backbone's pretrained import is skipped either way).
+        device: 'cpu', 'cuda', 'cuda:1', ...
+        retention_mode, chunk_size, mode: see :func:`configure_inference`.
+        cfg_options: overrides merged into the config (checked for typos).
+
+    SyncBN layers are reverted to BatchNorm (one process, no process group).
+    """
+    from mmengine.config import Config
+    from mmengine.model import revert_sync_batchnorm
+
+    from vir_dense import runner as vr
+    if isinstance(config, (str, bytes)) or hasattr(config, '__fspath__'):
+        config = vr.load_config(os.fspath(config), cfg_options)
+    elif cfg_options:
+        config = Config(config.to_dict() if hasattr(config, 'to_dict') else dict(config))
+        config.merge_from_dict(cfg_options)
+    scope = vr.config_scope(config)
+    if scope != 'mmseg':
+        raise vr.UserError(f'{config.filename}: default_scope={scope!r}, not a segmentation '
+                           'config (use tools/infer_det.py for detectors)')
+    vr.register_scope(scope)
+    from mmseg.registry import MODELS
+
+    model_cfg = config.model.copy()
+    model_cfg.pretrained = None
+    model_cfg.train_cfg = None
+    backbone = model_cfg.get('backbone')
+    if isinstance(backbone, dict) and 'init_cfg' in backbone:
+        backbone['init_cfg'] = None  # weights come from the checkpoint
+    model = MODELS.build(model_cfg)
+    meta = {}
+    if checkpoint is not None:
+        vr.check_file(checkpoint, 'checkpoint')
+        ckpt_meta = load_segmentor_checkpoint(model, checkpoint,
+                                              config_name=config.filename or 'the config')
+        meta = dict(ckpt_meta.get('dataset_meta') or {})
+    if not meta.get('classes'):
+        meta = dataset_meta_from_config(config)
+    model.dataset_meta = meta
+    model.cfg = config
+    model = revert_sync_batchnorm(model)
+    model.to(device)
+    model.eval()
+    configure_inference(model, retention_mode, chunk_size, mode)
+    return model
+
+
+def configure_inference(model, retention_mode: Optional[str] = None,
+                        chunk_size: Optional[int] = None, mode: Optional[str] = None,
+                        crop_size: Optional[Tuple[int, int]] = None,
+                        stride: Optional[Tuple[int, int]] = None):
+    """Set the backbone's retention form and the segmentor's test mode (in place).
+
+    ``retention_mode`` 'chunkwise' or 'recurrent' (linear memory) implies whole-image
+    inference unless ``mode`` says otherwise; 'parallel' keeps the config's test mode.
+    ``mode='slide'`` uses ``crop_size``/``stride`` (default: the config's, else 512 / 341).
+    Works on any mmseg EncoderDecoder (e.g. one from mmseg's ``init_model``).
+    """
+    if retention_mode is not None or chunk_size is not None:
+        backbone = getattr(model, 'backbone', None)
+        if not hasattr(backbone, 'set_retention_mode'):
+            raise ValueError(f'--retention-mode/--chunk-size need a ViR backbone; this model '
+                             f'has {type(backbone).__name__}')
+        if retention_mode is not None and retention_mode not in RETENTION_MODES:
+            raise ValueError(f'retention_mode must be one of {RETENTION_MODES}, '
+                             f'got {retention_mode!r}')
+        backbone.set_retention_mode(retention_mode or backbone.retention_mode, chunk_size)
+        cfg = getattr(model, 'cfg', None)
+        if cfg is not None and isinstance(cfg.get('model', {}).get('backbone'), dict):
+            cfg.model.backbone.retention_mode = backbone.retention_mode  # keep .cfg truthful
+            cfg.model.backbone.chunk_size = backbone.chunk_size
+        if mode is None and retention_mode in ('chunkwise', 'recurrent'):
+            mode = 'whole'
+    if mode is not None:
+        if mode not in TEST_MODES:
+            raise ValueError(f'mode must be one of {TEST_MODES}, got {mode!r}')
+        test_cfg = _as_config(getattr(model, 'test_cfg', None))
+        test_cfg['mode'] = mode
+        if mode == 'slide':
+            test_cfg['crop_size'] = tuple(crop_size or test_cfg.get('crop_size')
+                                          or DEFAULT_SLIDE['crop_size'])
+            test_cfg['stride'] = tuple(stride or test_cfg.get('stride')
+                                       or DEFAULT_SLIDE['stride'])
+        model.test_cfg = test_cfg
+        cfg = getattr(model, 'cfg', None)
+        if cfg is not None and 'model' in cfg:
+            cfg.model.test_cfg = test_cfg.copy()
+    return model
+
+
+def _as_config(test_cfg):
+    from mmengine.config import ConfigDict
+    return ConfigDict(dict(test_cfg or {}))
+
+
+def dataset_meta_from_config(cfg) -> dict:
+    """Classes and palette of the config's test (else val, train) dataset, or its class's."""
+    from mmseg.registry import DATASETS
+    for key in ('test_dataloader', 'val_dataloader', 'train_dataloader'):
+        dataset = (cfg.get(key) or {}).get('dataset')
+        while isinstance(dataset, dict) and isinstance(dataset.get('dataset'), dict):
+            dataset = dataset['dataset']
+        if not isinstance(dataset, dict):
+            continue
+        metainfo = dict(dataset.get('metainfo') or {})
+        dataset_cls = DATASETS.get(str(dataset.get('type', 'BaseSegDataset')))
+        default = dict(getattr(dataset_cls, 'METAINFO', {}) or {})
+        merged = {**default, **metainfo}
+        if merged.get('classes'):
+            return dict(classes=tuple(merged['classes']), palette=merged.get('palette'))
+    return {}
+
+
+def load_segmentor_checkpoint(model, path: str, config_name: str = 'the config') -> dict:
+    """Load every parameter of ``model`` from an mmseg checkpoint; return the checkpoint's meta.
+
+    The file is read weights-only (mmengine's own types are allowed by vir_dense.compat).
+    Missing keys, unexpected keys or shape mismatches raise :class:`CheckpointMismatchError`
+    naming the checkpoint, the config and what differs: a partial load is never silent.
+    """
+    try:
+        ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as err:  # noqa: BLE001  (pickle errors have many types)
+        raise CheckpointMismatchError(
+            f'cannot read checkpoint {path}: {type(err).__name__}: '
+            f'{str(err).strip().splitlines()[0] if str(err).strip() else ""}') from err
+    if not isinstance(ckpt, dict):
+        raise CheckpointMismatchError(f'checkpoint {path} holds a {type(ckpt).__name__}, '
+                                      'not a state dict')
+    state_dict = ckpt.get('state_dict', ckpt)
+    state_dict = {re.sub(r'^(module\.|_orig_mod\.)', '', k): v for k, v in state_dict.items()
+                  if torch.is_tensor(v)}
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    shapes = [(k, tuple(state_dict[k].shape), tuple(own[k].shape)) for k in own
+              if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        raise CheckpointMismatchError(_mismatch_message(path, config_name, state_dict, own,
+                                                        missing, unexpected, shapes))
+    model.load_state_dict(state_dict, strict=True)
+    return ckpt.get('meta') or {}
+
+
+def _mismatch_message(path, config_name, ckpt, own, missing, unexpected, shapes) -> str:
+    def sample(items, fmt=str):
+        text = ', '.join(fmt(i) for i in items[:4])
+        return text + (f', ... ({len(items)} in all)' if len(items) > 4 else '')
+
+    lines = [f'checkpoint {path} does not match the model of {config_name}: was it trained '
+             'with another config?']
+    hints = []
+    width_key, classes_key = 'backbone.pos_embed', 'decode_head.conv_seg.weight'
+    if width_key in ckpt and width_key in own and ckpt[width_key].shape != own[width_key].shape:
+        hints.append(f'backbone width/grid {tuple(ckpt[width_key].shape)} in the checkpoint vs '
+                     f'{tuple(own[width_key].shape)} in the config (arch or img_size differ)')
+    if classes_key in ckpt and classes_key in own and \
+            ckpt[classes_key].shape[0] != own[classes_key].shape[0]:
+        hints.append(f'{ckpt[classes_key].shape[0]} classes in the checkpoint vs '
+                     f'{own[classes_key].shape[0]} in the config')
+    lines += [f'  hint: {h}' for h in hints]
+    if shapes:
+        lines.append(f'  {len(shapes)} shape mismatches: ' + sample(
+            shapes, lambda s: f'{s[0]} {list(s[1])} (checkpoint) vs {list(s[2])} (model)'))
+    if missing:
+        lines.append(f'  {len(missing)} keys missing from the checkpoint: {sample(missing)}')
+    if unexpected:
+        lines.append(f'  {len(unexpected)} unexpected keys in the checkpoint: '
+                     f'{sample(unexpected)}')
+    return '\n'.join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# Running it
+# --------------------------------------------------------------------------------------------
+def build_inference_pipeline(cfg, scale: Union[str, Sequence[int]] = 'config'):
+    """The config's test pipeline for in-memory BGR arrays, without annotations.
+
+    ``scale``: 'config' keeps the config's test-time Resize; 'none' drops it (inference at the
+    image's own resolution, what whole-image high-resolution inference is for); (W, H)
+    replaces the Resize scale (aspect ratio kept).
+    """
+    from mmengine.dataset import Compose
+    steps = []
+    pipeline = cfg.get('test_pipeline') or cfg.test_dataloader.dataset.pipeline
+    for step in pipeline:
+        step = dict(step)
+        kind = str(step['type']).split('.')[-1]
+        if kind in ('LoadAnnotations', 'LoadDepthAnnotation'):
+            continue
+        if kind.startswith('LoadImageFrom'):
+            step = dict(type='LoadImageFromNDArray')
+        elif kind == 'Resize':
+            if scale == 'none':
+                continue
+            if scale != 'config':
+                step = dict(type='Resize', scale=tuple(int(v) for v in scale), keep_ratio=True)
+        steps.append(step)
+    if not steps or steps[0]['type'] != 'LoadImageFromNDArray':
+        steps.insert(0, dict(type='LoadImageFromNDArray'))
+    return Compose(steps)
+
+
+def _source_index(out_size: int, in_size: int, align_corners: bool, device):
+    """Source indices and weights of 1-D bilinear resizing, as torch's upsample_bilinear2d."""
+    out = torch.arange(out_size, dtype=torch.float32, device=device)
+    if align_corners:
+        scale = (in_size - 1) / (out_size - 1) if out_size > 1 else 0.0
+        src = out * scale
+    else:
+        src = ((out + 0.5) * (in_size / out_size) - 0.5).clamp(min=0)
+    i0 = src.floor().long().clamp(max=in_size - 1)
+    i1 = (i0 + 1).clamp(max=in_size - 1)
+    w1 = (src - i0.float()).clamp(0, 1)
+    return i0, i1, w1
+
+
+def upsample_argmax(logits: torch.Tensor, size: Tuple[int, int], align_corners: bool = False,
+                    threshold: Optional[float] = None) -> torch.Tensor:
+    """argmax over classes of ``logits`` (C, h, w) bilinearly resized to ``size`` (H, W).
+
+    Same result as ``F.interpolate(logits[None], size, mode='bilinear').argmax(1)`` but
+    computed in bands of output rows, so memory stays at one band (BAND_ELEMENTS) instead of
+    C x H x W. One class (C == 1): sigmoid(logit) > threshold, as mmseg's binary heads.
+    """
+    if logits.dim() != 3:
+        raise ValueError(f'logits must be (C, h, w), got {tuple(logits.shape)}')
+    channels, in_h, in_w = logits.shape
+    out_h, out_w = (int(v) for v in size)
+    logits = logits.float()
+    same_h, same_w = in_h == out_h, in_w == out_w
+    if not same_h:
+        iy0, iy1, wy = _source_index(out_h, in_h, align_corners, logits.device)
+    if not same_w:
+        ix0, ix1, wx = _source_index(out_w, in_w, align_corners, logits.device)
+    band = max(1, BAND_ELEMENTS // max(1, channels * max(out_w, in_w)))
+    out = torch.empty((out_h, out_w), dtype=torch.int64, device=logits.device)
+    for y0 in range(0, out_h, band):
+        y1 = min(out_h, y0 + band)
+        if same_h:
+            rows = logits[:, y0:y1]
+        else:
+            w = wy[y0:y1].view(1, -1, 1)
+            rows = torch.lerp(logits[:, iy0[y0:y1]], logits[:, iy1[y0:y1]], w)
+        if not same_w:
+            rows = torch.lerp(rows[:, :, ix0], rows[:, :, ix1], wx.view(1, 1, -1))
+        if channels == 1:
+            out[y0:y1] = (rows[0].sigmoid() > (0.3 if threshold is None else threshold)).long()
+        else:
+            out[y0:y1] = rows.argmax(dim=0)
+    return out
+
+
+def _is_plain_encoder_decoder(model) -> bool:
+    return type(model).__name__ == 'EncoderDecoder' and hasattr(model, 'decode_head')
+
+
+# --------------------------------------------------------------------------------------------
+# Memory-lean versions of mmseg's whole-image UPerHead forward and sliding-window inference
+# --------------------------------------------------------------------------------------------
+def _lean_uper_possible(head) -> bool:
+    if type(head).__name__ != 'UPerHead' or head.training:
+        return False
+    block = head.fpn_bottleneck
+    conv = getattr(block, 'conv', None)
+    return (tuple(getattr(block, 'order', ())) == ('conv', 'norm', 'act')
+            and not getattr(block, 'with_explicit_padding', False)
+            and isinstance(conv, torch.nn.Conv2d) and conv.groups == 1
+            and conv.padding_mode == 'zeros'
+            and len(head.in_index) == len(head.lateral_convs) + 1)
+
+
+def _lean_uper_forward(head, feats: list) -> torch.Tensor:
+    """``UPerHead.forward`` (eval mode) with the same arithmetic but a fraction of its memory.
+
+    mmseg keeps all four pyramid outputs upsampled to stride 4 *and* their concatenation
+    (8 x channels x H/4 x W/4 floats, ~17 GB at 4096x4096 with 512 channels). Here the
+    fpn_bottleneck convolution over the concatenation is computed as the sum of its
+    per-level slices (conv(cat(a, b, ..)) = conv_a(a) + conv_b(b) + ..), one level at a time,
+    and the backbone maps are released as soon as they are used: ~3 maps of that size at the
+    peak. ``feats`` (a list of the backbone's maps) is emptied.
+    """
+    inputs = [feats[i] for i in head.in_index]
+    feats.clear()
+    align = head.align_corners
+    top = head.psp_forward(inputs)
+    laterals = [None] * len(head.lateral_convs) + [top]
+    for i in reversed(range(len(head.lateral_convs))):  # small maps first
+        laterals[i] = head.lateral_convs[i](inputs[i])
+        inputs[i] = None
+    inputs.clear()
+    for i in range(len(laterals) - 1, 0, -1):  # top-down pathway, in place
+        laterals[i - 1].add_(F.interpolate(laterals[i], size=laterals[i - 1].shape[2:],
+                                           mode='bilinear', align_corners=align))
+    block = head.fpn_bottleneck
+    weight, channels = block.conv.weight, laterals[0].shape[1]
+    size = laterals[0].shape[2:]
+    out = None
+    for i in range(len(laterals)):
+        level = head.fpn_convs[i](laterals[i]) if i < len(head.fpn_convs) else laterals[i]
+        laterals[i] = None
+        if i > 0:
+            level = F.interpolate(level, size=size, mode='bilinear', align_corners=align)
+        part = F.conv2d(level, weight[:, i * channels:(i + 1) * channels], None,
+                        block.conv.stride, block.conv.padding, block.conv.dilation)
+        del level
+        out = part if out is None else out.add_(part)
+        del part
+    if block.conv.bias is not None:
+        out.add_(block.conv.bias.view(1, -1, 1, 1))
+    if block.with_norm:
+        out = block.norm(out)
+    if block.with_activation:
+        out = block.activate(out)
+    return head.cls_seg(out)
+
+
+def _whole_logits(model, inputs: torch.Tensor, lean: bool = True) -> torch.Tensor:
+    """The decode head's logits (1, C, h, w) for the whole (unresized) input."""
+    feats = list(model.extract_feat(inputs))
+    if lean and _lean_uper_possible(model.decode_head):
+        return _lean_uper_forward(model.decode_head, feats)
+    return model.decode_head.forward(feats)
+
+
+def _slide_logits(model, inputs: torch.Tensor, meta: dict) -> torch.Tensor:
+    """mmseg's ``EncoderDecoder.slide_inference`` (same windows, same arithmetic), but each
+    window's logits are added into their place instead of into a zero-padded full-size copy
+    (mmseg allocates one full C x H x W tensor per window)."""
+    h_stride, w_stride = model.test_cfg.stride
+    h_crop, w_crop = model.test_cfg.crop_size
+    batch, _, h_img, w_img = inputs.shape
+    h_grids = max(h_img - h_crop + h_stride - 1, 0) // h_stride + 1
+    w_grids = max(w_img - w_crop + w_stride - 1, 0) // w_stride + 1
+    preds = inputs.new_zeros((batch, model.out_channels, h_img, w_img))
+    count = inputs.new_zeros((batch, 1, h_img, w_img))
+    for h_idx in range(h_grids):
+        for w_idx in range(w_grids):
+            y2 = min(h_idx * h_stride + h_crop, h_img)
+            x2 = min(w_idx * w_stride + w_crop, w_img)
+            y1, x1 = max(y2 - h_crop, 0), max(x2 - w_crop, 0)
+            crop = inputs[:, :, y1:y2, x1:x2]
+            crop_meta = dict(meta, img_shape=crop.shape[2:])
+            preds[:, :, y1:y2, x1:x2] += model.encode_decode(crop, [crop_meta])
+            count[:, :, y1:y2, x1:x2] += 1
+    if (count == 0).any():
+        raise RuntimeError('sliding windows left pixels uncovered (check crop_size/stride)')
+    return preds.div_(count)
+
+
+def _first_resize_size(meta: dict) -> Tuple[int, int]:
+    """Where mmseg's decode head resizes whole-image logits to (BaseDecodeHead.predict_by_feat)."""
+    if isinstance(meta['img_shape'], torch.Size):
+        return tuple(meta['img_shape'])[:2]
+    if 'pad_shape' in meta:
+        return tuple(meta['pad_shape'])[:2]
+    return tuple(meta['img_shape'])[:2]
+
+
+def _to_labels(model, logits: torch.Tensor, meta: dict, first_size) -> torch.Tensor:
+    """mmseg's post-processing (resize to ``first_size``, remove padding, un-flip, resize to
+    ori_shape, argmax) of one image's logits (1, C, h, w), without full-size copies where
+    possible: with no padding, no flip and first_size == ori_shape it is one banded resize."""
+    align = bool(getattr(model, 'align_corners', False))
+    threshold = getattr(getattr(model, 'decode_head', None), 'threshold', None)
+    ori = tuple(int(v) for v in meta['ori_shape'][:2])
+    pad = meta.get('img_padding_size', meta.get('padding_size', [0, 0, 0, 0])) or [0] * 4
+    flip = meta.get('flip')
+    first_size = tuple(int(v) for v in first_size)
+    if any(pad) or flip or first_size != ori:
+        if tuple(logits.shape[-2:]) != first_size:
+            logits = F.interpolate(logits, size=first_size, mode='bilinear',
+                                   align_corners=align)
+        left, right, top, bottom = (int(v) for v in pad)
+        height, width = logits.shape[-2:]
+        logits = logits[:, :, top:height - bottom, left:width - right]
+        if flip:
+            direction = meta.get('flip_direction', 'horizontal')
+            logits = logits.flip(dims=(3,) if direction == 'horizontal' else (2,))
+    return upsample_argmax(logits[0], ori, align_corners=align, threshold=threshold)
+
+
+@torch.no_grad()
+def segment_array(model, image: np.ndarray, scale: Union[str, Sequence[int]] = 'config',
+                  pipeline=None, return_logits: bool = False, lean: bool = True):
+    """Class ids (H, W) int64 of an RGB uint8 image (H, W, 3) at the image's own size.
+
+    ``scale``: see :func:`build_inference_pipeline` (ignored when ``pipeline`` is given).
+    With ``return_logits`` also returns the logits the label map was computed from: the
+    decode head's output (1, C, h, w) in whole mode (stride 4 for UperNet), the stitched
+    full-size logits in slide mode. ``lean=False`` runs the decode head's own forward instead
+    of the memory-lean UPerHead forward (same results; for comparisons).
+    """
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f'expected an RGB uint8 image (H, W, 3), got {image.dtype} '
+                         f'{image.shape}; read files with vir_dense.apis.read_rgb')
+    if pipeline is None:
+        pipeline = build_inference_pipeline(model.cfg, scale)
+    # mmseg pipelines and data preprocessors expect BGR (as cv2 loads it)
+    data = pipeline(dict(img=np.ascontiguousarray(image[..., ::-1])))
+    batch = model.data_preprocessor(
+        dict(inputs=[data['inputs']], data_samples=[data['data_samples']]), False)
+    inputs, samples = batch['inputs'], batch['data_samples']
+    meta = dict(samples[0].metainfo)
+    if not _is_plain_encoder_decoder(model):  # cascades etc.: mmseg's own path
+        result = model.predict(inputs, samples)[0]
+        labels = result.pred_sem_seg.data[0].long()
+        return (labels, result.seg_logits.data[None]) if return_logits else labels
+    test_mode = model.test_cfg.get('mode', 'whole')
+    if test_mode == 'slide':
+        logits = _slide_logits(model, inputs, meta)
+        first_size = logits.shape[-2:]
+    elif test_mode == 'whole':
+        logits = _whole_logits(model, inputs, lean=lean)
+        first_size = _first_resize_size(meta)
+    else:
+        raise ValueError(f'unsupported test mode {test_mode!r}; use one of {TEST_MODES}')
+    labels = _to_labels(model, logits, meta, first_size)
+    return (labels, logits) if return_logits else labels
+
+
+def colorize(labels: np.ndarray, palette) -> np.ndarray:
+    """RGB uint8 (H, W, 3) image of a label map; ids beyond the palette are black."""
+    palette = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
+    lut = np.zeros((max(int(labels.max(initial=0)) + 1, len(palette)), 3), np.uint8)
+    lut[:len(palette)] = palette
+    return lut[labels]
+
+
+def overlay(image: np.ndarray, color: np.ndarray, opacity: float = 0.5) -> np.ndarray:
+    """``color`` blended over ``image`` (both RGB uint8) with ``opacity`` in [0, 1]."""
+    blend = image.astype(np.float32) * (1 - opacity) + color.astype(np.float32) * opacity
+    return np.clip(np.rint(blend), 0, 255).astype(np.uint8)
+
+
+def _palette_for(meta: dict, num_classes: int) -> np.ndarray:
+    """The dataset palette, completed with fixed random colours if it is missing or short."""
+    palette = [tuple(c) for c in (meta.get('palette') or [])][:num_classes]
+    if len(palette) < num_classes:
+        rng = np.random.RandomState(42)  # deterministic, as mmseg's fallback palettes
+        extra = rng.randint(0, 256, size=(num_classes - len(palette), 3))
+        palette += [tuple(int(v) for v in c) for c in extra]
+    return np.asarray(palette, np.uint8).reshape(-1, 3)
+
+
+def _num_classes(model) -> int:
+    head = getattr(model, 'decode_head', None)
+    head = head[-1] if isinstance(head, torch.nn.ModuleList) else head
+    classes = (getattr(model, 'dataset_meta', None) or {}).get('classes') or ()
+    return int(getattr(head, 'num_classes', 0) or len(classes))
+
+
+@dataclass
+class SegmentReport:
+    """What :func:`segment_images` did: written files per image and the images that failed."""
+    outputs: Dict[str, Dict[str, str]] = field(default_factory=dict)  # input -> kind -> path
+    failed: List[Tuple[str, str]] = field(default_factory=list)  # (input, reason)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def _unique_stem(path: str, used: set) -> str:
+    stem = osp.splitext(osp.basename(path))[0]
+    candidate, index = stem, 1
+    while candidate in used:  # same file name in two input folders
+        index += 1
+        candidate = f'{stem}_{index}'
+    used.add(candidate)
+    return candidate
+
+
+def segment_images(model, inputs: Sequence[str], out_dir: str, opacity: float = 0.5,
+                   scale: Union[str, Sequence[int]] = 'config', progress: bool = True,
+                   log=None) -> SegmentReport:
+    """Segment images, folders or globs; write ``<stem>_color.png`` (palette colours),
+    ``<stem>_overlay.png`` (colours blended on the image with ``opacity``) and
+    ``<stem>_label.png`` (class ids; uint8, or uint16 beyond 256 classes) into ``out_dir``.
+
+    A file that cannot be read (or whose inference fails) is reported through ``log`` and
+    skipped; the others are still processed. Returns a :class:`SegmentReport`.
+    """
+    from PIL import Image
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    if not 0.0 <= opacity <= 1.0:
+        raise ValueError(f'opacity must be in [0, 1], got {opacity}')
+    paths = collect_images(inputs)
+    os.makedirs(out_dir, exist_ok=True)
+    num_classes = _num_classes(model)
+    meta = getattr(model, 'dataset_meta', None) or {}
+    palette = _palette_for(meta, num_classes)
+    label_dtype = np.uint8 if num_classes <= 256 else np.uint16
+    pipeline = build_inference_pipeline(model.cfg, scale)
+    report, used = SegmentReport(), set()
+    iterator = paths
+    if progress:
+        from tqdm import tqdm
+        iterator = tqdm(paths, desc='segmenting', unit='img', file=sys.stderr)
+    for path in iterator:
+        try:
+            image = read_rgb(path)
+        except ValueError as err:
+            report.failed.append((path, str(err)))
+            log(f'skipped: {err}')
+            continue
+        try:
+            labels = segment_array(model, image, pipeline=pipeline).cpu().numpy()
+        except (RuntimeError, ValueError, MemoryError) as err:
+            reason = f'inference failed on {path}: {type(err).__name__}: {err}'
+            report.failed.append((path, reason))
+            log(f'skipped: {reason}')
+            continue
+        stem = _unique_stem(path, used)
+        color = colorize(labels, palette)
+        files = dict(color=osp.join(out_dir, f'{stem}_color.png'),
+                     overlay=osp.join(out_dir, f'{stem}_overlay.png'),
+                     label=osp.join(out_dir, f'{stem}_label.png'))
+        Image.fromarray(color).save(files['color'])
+        Image.fromarray(overlay(image, color, opacity)).save(files['overlay'])
+        Image.fromarray(labels.astype(label_dtype)).save(files['label'])
+        report.outputs[path] = files
+    return report
