@@ -1,0 +1,93 @@
+"""Evaluate a checkpoint (mmengine Runner); one tool for mmdet and mmseg configs.
+
+    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out FILE] [--show-dir DIR]
+                         [--cfg-options KEY=VALUE ...] [--launcher none|pytorch|slurm|mpi]
+
+Detection: --out FILE.pkl dumps the raw predictions; --show-dir DIR writes images with the
+predictions drawn (under the work dir's timestamp folder, as mmdet does).
+Segmentation: --out DIR writes the predicted label maps; --show-dir DIR the overlays.
+"""
+import argparse
+import os.path as osp
+import sys
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+from mmengine.config import DictAction  # noqa: E402
+
+from vir_dense import runner as vr  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='Test (and evaluate) a model')
+    parser.add_argument('config', help='test config file path')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('--work-dir', help='the dir to save the evaluation metrics '
+                        '(default: ./work_dirs/<config name>)')
+    parser.add_argument('--out', type=str, help='detection: dump predictions to a .pkl file; '
+                        'segmentation: save the predicted label maps in this folder')
+    parser.add_argument('--show', action='store_true', help='show predictions in a window')
+    parser.add_argument('--show-dir', help='save images with drawn predictions in this folder')
+    parser.add_argument('--wait-time', type=float, default=2, help='--show interval (s)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings (keys are checked for typos)')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
+                        default='none', help='job launcher')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args(argv)
+    vr.set_local_rank(args.local_rank)
+    return args
+
+
+def trigger_visualization_hook(cfg, args, scope):
+    hooks = cfg.get('default_hooks') or {}
+    if 'visualization' not in hooks:
+        raise vr.UserError('--show/--show-dir need default_hooks.visualization in the config')
+    hook = hooks['visualization']
+    hook['draw'] = True
+    if args.show:
+        hook['show'] = True
+        hook['wait_time'] = args.wait_time
+    if args.show_dir:
+        if scope == 'mmseg':
+            cfg.visualizer['save_dir'] = args.show_dir
+        else:
+            hook['test_out_dir'] = args.show_dir
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cfg = vr.load_config(args.config, args.cfg_options)
+    scope = vr.config_scope(cfg)
+    vr.register_scope(scope)
+
+    cfg.launcher = args.launcher
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = vr.default_work_dir(args.config)
+    cfg.load_from = vr.check_file(args.checkpoint, 'checkpoint')
+    cfg.resume = False
+    if args.show or args.show_dir:
+        trigger_visualization_hook(cfg, args, scope)
+
+    if args.out and scope == 'mmdet' and not args.out.endswith(('.pkl', '.pickle')):
+        raise vr.UserError(f'--out {args.out}: detection predictions are dumped as .pkl')
+    if args.out and scope == 'mmseg':
+        cfg.test_evaluator['output_dir'] = args.out
+        cfg.test_evaluator['keep_results'] = True
+
+    vr.check_datasets(cfg, ['test'])
+    vr.setup_device(cfg, args.launcher)
+    vr.init_distributed_cpu(cfg, args.launcher)
+    runner = vr.build_runner(cfg)
+
+    if args.out and scope == 'mmdet':
+        from mmdet.evaluation import DumpDetResults
+        runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
+    metrics = runner.test()
+    return metrics
+
+
+if __name__ == '__main__':
+    vr.run_cli(main)

@@ -1,0 +1,114 @@
+"""Train a detector or segmentor (mmengine Runner); one tool for mmdet and mmseg configs.
+
+    python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp] [--auto-scale-lr]
+                          [--cfg-options KEY=VALUE ...] [--launcher none|pytorch|slurm|mpi]
+
+The config's ``default_scope`` ('mmdet' or 'mmseg') decides which library's modules are
+registered. Without CUDA, distributed runs use the gloo backend. Missing datasets,
+checkpoints and misspelt --cfg-options keys stop the run at once with one message.
+"""
+import argparse
+import os
+import os.path as osp
+import sys
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+from mmengine.config import DictAction  # noqa: E402
+from mmengine.logging import print_log  # noqa: E402
+
+from vir_dense import runner as vr  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='Train a detector or segmentor')
+    parser.add_argument('config', help='train config file path')
+    parser.add_argument('--work-dir', help='the dir to save logs and models '
+                        '(default: ./work_dirs/<config name>)')
+    parser.add_argument('--amp', action='store_true',
+                        help='automatic mixed precision (fp16 on GPU, bf16 autocast on CPU)')
+    parser.add_argument('--auto-scale-lr', action='store_true',
+                        help='scale the lr by total batch / auto_scale_lr.base_batch_size')
+    parser.add_argument('--resume', nargs='?', type=str, const='auto',
+                        help='resume from CKPT; without a value, from the latest checkpoint '
+                             'in the work dir')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings, e.g. data_root=/data/coco/ '
+                             'train_dataloader.batch_size=4 (keys are checked for typos)')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
+                        default='none', help='job launcher')
+    # torch.distributed.launch passes --local-rank (torch >= 2.0) or --local_rank.
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args(argv)
+    vr.set_local_rank(args.local_rank)
+    return args
+
+
+def apply_amp(cfg):
+    optim_wrapper = cfg.optim_wrapper
+    if optim_wrapper.get('type', 'OptimWrapper') == 'AmpOptimWrapper':
+        print_log('AMP is already on in the config', logger='current')
+        return
+    if optim_wrapper.get('type', 'OptimWrapper') != 'OptimWrapper':
+        raise vr.UserError('--amp works with optim_wrapper.type=OptimWrapper, not '
+                           f'{optim_wrapper.type}')
+    import torch
+    if torch.cuda.is_available():
+        optim_wrapper.type = 'AmpOptimWrapper'
+        optim_wrapper.loss_scale = 'dynamic'
+    else:
+        # mmengine's AmpOptimWrapper needs a GPU; on CPU autocast runs in bfloat16, which has
+        # fp32's range, so no loss scaling is needed (vir_dense.runner.CPUAmpOptimWrapper).
+        optim_wrapper.type = 'CPUAmpOptimWrapper'
+        optim_wrapper.dtype = 'bfloat16'
+
+
+def apply_auto_scale_lr(cfg):
+    scale = cfg.get('auto_scale_lr')
+    if not scale or 'base_batch_size' not in scale:
+        raise vr.UserError('--auto-scale-lr needs auto_scale_lr=dict(base_batch_size=N) in the '
+                           'config (N: the total batch size its lr was set for)')
+    scale.enable = True
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cfg = vr.load_config(args.config, args.cfg_options)
+    scope = vr.config_scope(cfg)
+    vr.register_scope(scope)
+
+    cfg.launcher = args.launcher
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = vr.default_work_dir(args.config)
+
+    if args.amp:
+        apply_amp(cfg)
+    if args.auto_scale_lr:
+        apply_auto_scale_lr(cfg)
+
+    if args.resume == 'auto':
+        cfg.resume = True
+        cfg.load_from = None
+    elif args.resume is not None:
+        cfg.resume = True
+        cfg.load_from = vr.check_file(args.resume, 'checkpoint to resume from')
+    elif cfg.get('load_from'):
+        vr.check_file(cfg.load_from, 'load_from checkpoint')
+
+    # Fail fast, before any model is built.
+    splits = ['train']
+    if cfg.get('val_cfg') and cfg.get('val_dataloader') and cfg.get('val_evaluator'):
+        splits.append('val')
+    vr.check_datasets(cfg, splits)
+    vr.check_pretrained(cfg)
+
+    vr.setup_device(cfg, args.launcher)
+    vr.init_distributed_cpu(cfg, args.launcher)
+    runner = vr.build_runner(cfg)
+    runner.train()
+
+
+if __name__ == '__main__':
+    vr.run_cli(main)

@@ -1,0 +1,193 @@
+"""Detection inference: load a trained detector, run it on images, export COCO results.
+
+    from vir_dense.apis import init_detector, inference_detector, read_rgb
+    model = init_detector('configs/maskrcnn_vir_t_synthetic.py', 'work_dirs/.../epoch_12.pth')
+    result = inference_detector(model, read_rgb('image.jpg'))          # a DetDataSample
+    records = result_to_coco(result, image_id=1, category_ids=coco_category_ids(model))
+
+Images are RGB uint8 arrays (``read_rgb``); the model's data preprocessor does its own
+channel order and normalisation. Several images go through the model as one batch.
+"""
+import json
+import os.path as osp
+from typing import Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+__all__ = ['init_detector', 'inference_detector', 'build_test_pipeline', 'result_to_coco',
+           'coco_category_ids', 'coco_image_ids', 'build_visualizer']
+
+
+def init_detector(config, checkpoint: Optional[str] = None, device: str = 'cpu',
+                  cfg_options: Optional[dict] = None):
+    """A detector in eval mode with the checkpoint's weights and dataset meta (class names).
+
+    ``config`` is a path or an mmengine Config. Without a checkpoint the model keeps its random
+    init (the backbone's pretrained import is skipped either way). The model gets ``.cfg``.
+    """
+    from mmengine.config import Config
+    from mmengine.runner import load_checkpoint
+
+    from vir_dense import runner as vr
+    if isinstance(config, (str, bytes)) or hasattr(config, '__fspath__'):
+        config = vr.load_config(str(config), cfg_options)
+    elif cfg_options:
+        config = Config(config.to_dict() if hasattr(config, 'to_dict') else dict(config))
+        config.merge_from_dict(cfg_options)
+    scope = vr.config_scope(config)
+    if scope != 'mmdet':
+        raise vr.UserError(f'{config.filename}: default_scope={scope!r}, not a detection config')
+    vr.register_scope(scope)
+    from mmdet.registry import MODELS
+
+    model_cfg = config.model.copy()
+    backbone = model_cfg.get('backbone')
+    if isinstance(backbone, dict) and 'init_cfg' in backbone:
+        backbone['init_cfg'] = None  # weights come from the checkpoint
+    model = MODELS.build(model_cfg)
+    meta = {}
+    if checkpoint is not None:
+        vr.check_file(checkpoint, 'checkpoint')
+        ckpt = load_checkpoint(model, checkpoint, map_location='cpu', logger='silent')
+        meta = (ckpt.get('meta') or {}).get('dataset_meta') or {}
+    if not meta.get('classes'):
+        meta = _config_metainfo(config)
+    model.dataset_meta = meta
+    model.cfg = config
+    model.to(device)
+    model.eval()
+    return model
+
+
+def _config_metainfo(cfg) -> dict:
+    """Class names from the test dataset's metainfo, else the dataset class's own METAINFO."""
+    from mmdet.registry import DATASETS
+    dataset = cfg.test_dataloader.dataset
+    while 'dataset' in dataset:
+        dataset = dataset.dataset
+    if dataset.get('metainfo', {}).get('classes'):
+        return dict(dataset.metainfo)
+    dataset_cls = DATASETS.get(dataset.get('type', 'CocoDataset'))
+    return dict(getattr(dataset_cls, 'METAINFO', {}))
+
+
+def build_test_pipeline(cfg):
+    """The config's test pipeline for in-memory images: no file loading, no annotations."""
+    from mmcv.transforms import Compose
+    steps = []
+    for step in cfg.test_dataloader.dataset.pipeline:
+        kind = str(step['type']).split('.')[-1]
+        if kind == 'LoadImageFromFile':
+            steps.append(dict(type='mmdet.LoadImageFromNDArray'))
+        elif kind in ('LoadAnnotations', 'LoadPanopticAnnotations'):
+            continue
+        else:
+            steps.append(step)
+    return Compose(steps)
+
+
+@torch.no_grad()
+def inference_detector(model, images: Union[np.ndarray, Sequence[np.ndarray]],
+                       batch_size: int = 1, pipeline=None):
+    """Run the detector on RGB uint8 image(s); one DetDataSample per image (a list for a list).
+
+    Predictions are in the original image's coordinates (``pred_instances`` with bboxes xyxy,
+    scores, labels and, for Mask R-CNN, boolean masks).
+    """
+    single = isinstance(images, np.ndarray)
+    images = [images] if single else list(images)
+    pipeline = pipeline or build_test_pipeline(model.cfg)
+    results = []
+    for start in range(0, len(images), max(1, batch_size)):
+        inputs, samples = [], []
+        for index, image in enumerate(images[start:start + batch_size]):
+            if image.ndim != 3 or image.shape[2] != 3:
+                raise ValueError(f'expected an RGB image (H, W, 3), got shape {image.shape}')
+            # mmdet's pipelines hold images in BGR (as cv2 reads them); bgr_to_rgb undoes it.
+            data = pipeline(dict(img=np.ascontiguousarray(image[..., ::-1]),
+                                 img_id=start + index))
+            inputs.append(data['inputs'])
+            samples.append(data['data_samples'])
+        results.extend(model.test_step(dict(inputs=inputs, data_samples=samples)))
+    return results[0] if single else results
+
+
+def coco_category_ids(model_or_cfg, classes: Optional[Sequence[str]] = None) -> List[int]:
+    """COCO category id of each class: from the test annotation file when it is there (real
+    COCO ids have gaps), else 1..K in class order."""
+    cfg = getattr(model_or_cfg, 'cfg', model_or_cfg)
+    if classes is None:
+        classes = (getattr(model_or_cfg, 'dataset_meta', None) or {}).get('classes', ())
+    categories = _annotation_json(cfg, 'categories') or []
+    by_name = {c['name']: c['id'] for c in categories}
+    if classes and all(name in by_name for name in classes):
+        return [by_name[name] for name in classes]
+    return list(range(1, len(classes) + 1))
+
+
+def coco_image_ids(model_or_cfg) -> Dict[str, int]:
+    """file name -> image id of the test annotation file ({} when there is none)."""
+    cfg = getattr(model_or_cfg, 'cfg', model_or_cfg)
+    return {osp.basename(i['file_name']): i['id'] for i in _annotation_json(cfg, 'images') or []}
+
+
+_JSON_CACHE: Dict[str, dict] = {}
+
+
+def _annotation_json(cfg, key):
+    try:
+        dataset = cfg.test_dataloader.dataset
+        while 'dataset' in dataset:
+            dataset = dataset.dataset
+        ann_file = dataset.get('ann_file')
+        root = dataset.get('data_root') or ''
+        path = ann_file if not ann_file or osp.isabs(ann_file) else osp.join(root, ann_file)
+    except (AttributeError, KeyError):
+        return None
+    if not path or not osp.isfile(path):
+        return None
+    if path not in _JSON_CACHE:
+        with open(path) as f:
+            _JSON_CACHE[path] = json.load(f)
+    return _JSON_CACHE[path].get(key)
+
+
+def result_to_coco(result, image_id: int, category_ids: Sequence[int],
+                   file_name: Optional[str] = None, score_thr: float = 0.0) -> List[dict]:
+    """COCO results records (bbox xywh, score, category_id, RLE segmentation) of one image."""
+    from pycocotools import mask as mask_utils
+    pred = result.pred_instances
+    keep = pred.scores >= score_thr
+    bboxes = pred.bboxes[keep].cpu().numpy()
+    scores = pred.scores[keep].cpu().numpy()
+    labels = pred.labels[keep].cpu().numpy()
+    masks = pred.masks[keep].cpu().numpy() if 'masks' in pred else None
+    records = []
+    for i, (box, score, label) in enumerate(zip(bboxes, scores, labels)):
+        x1, y1, x2, y2 = (float(v) for v in box)
+        record = dict(image_id=int(image_id), category_id=int(category_ids[int(label)]),
+                      bbox=[round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
+                      score=round(float(score), 5))
+        if masks is not None:
+            rle = mask_utils.encode(np.asfortranarray(masks[i].astype(np.uint8)))
+            rle['counts'] = rle['counts'].decode('ascii')
+            record['segmentation'] = rle
+        if file_name is not None:
+            record['file_name'] = file_name
+        records.append(record)
+    return records
+
+
+def build_visualizer(model, name='vir_dense_infer_det'):
+    """mmdet's DetLocalVisualizer with the model's class names and palette."""
+    from mmdet.registry import VISUALIZERS
+    from mmdet.visualization import DetLocalVisualizer
+    vis_cfg = dict(model.cfg.get('visualizer') or dict(type='DetLocalVisualizer'))
+    vis_cfg['name'] = name
+    vis_cfg.pop('vis_backends', None)  # draw only; the caller writes the files
+    vis_cfg.pop('save_dir', None)
+    visualizer = DetLocalVisualizer.get_instance(name) if DetLocalVisualizer.check_instance_created(
+        name) else VISUALIZERS.build(vis_cfg)
+    visualizer.dataset_meta = model.dataset_meta
+    return visualizer

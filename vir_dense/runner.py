@@ -1,0 +1,430 @@
+"""Shared logic of tools/train.py, tools/test.py and tools/infer_*.py.
+
+One set of tools serves detection and segmentation: everything here dispatches on the config's
+``default_scope`` ('mmdet' or 'mmseg'). The other job of this module is to turn the mistakes a
+user makes (a dataset that is not where the config says, a missing checkpoint, a typo in
+``--cfg-options``) into one clear message raised as :class:`UserError` *before* the runner
+starts, instead of a deep traceback minutes later. The tools catch it with :func:`run_cli`.
+"""
+import difflib
+import inspect
+import os
+import os.path as osp
+import sys
+from pathlib import Path
+
+SCOPES = ('mmdet', 'mmseg')
+
+# Where each known dataset is expected, and how to get it (used in the "not found" messages).
+_DATASET_HINTS = {
+    'CocoDataset': ('COCO 2017 is expected as <data_root>/annotations/instances_{train,val}2017.json '
+                    'and <data_root>/{train,val}2017/ (download it from cocodataset.org).'),
+    'ADE20KDataset': ('ADE20K is expected as <data_root>/images/{training,validation}/ and '
+                      '<data_root>/annotations/{training,validation}/ (ADEChallengeData2016, '
+                      'from the MIT scene parsing benchmark).'),
+}
+_SYNTHETIC_HINTS = {
+    'synthetic_coco': 'python tools/make_synthetic_data.py coco',
+    'synthetic_ade': 'python tools/make_synthetic_data.py ade20k',
+}
+
+
+class UserError(Exception):
+    """A mistake in how a tool was called: reported as one message, without a traceback."""
+
+
+def run_cli(main, argv=None):
+    """Run ``main(argv)``; a :class:`UserError` ends the program with its message (exit 2)."""
+    try:
+        return main(argv)
+    except UserError as err:
+        print(f'error: {err}', file=sys.stderr)
+        sys.exit(2)
+
+
+# --------------------------------------------------------------------------------------------
+# Config loading and --cfg-options checks
+# --------------------------------------------------------------------------------------------
+def _runner_keys():
+    """Top-level keys that mmengine's Runner reads even when a config does not set them."""
+    from mmengine.runner import Runner
+    keys = set(inspect.signature(Runner.__init__).parameters) - {'self'}
+    keys |= {'custom_imports', 'default_scope', 'model_wrapper_cfg', 'find_unused_parameters',
+             'runner_type', 'data_root', 'backend_args', 'compile', 'work_dir', 'launcher'}
+    return keys
+
+
+def _suggest(name, candidates):
+    close = difflib.get_close_matches(name, [str(c) for c in candidates], n=3, cutoff=0.75)
+    return f'; did you mean {" or ".join(repr(c) for c in close)}?' if close else ''
+
+
+def _accepted_kwargs(type_name, scope):
+    """Argument names of the class registered as ``type_name`` in ``scope``'s registries, or
+    None when unknown or when it takes **kwargs (then any new key may be legitimate)."""
+    if not isinstance(type_name, str) or scope not in SCOPES:
+        return None
+    import importlib
+
+    from mmengine.registry import Registry
+    module = importlib.import_module(f'{scope}.registry')
+    found = []
+    for value in vars(module).values():
+        if isinstance(value, Registry):
+            try:
+                obj = value.get(type_name)
+            except Exception:  # a registry that cannot import its modules: no verdict
+                obj = None
+            if obj is not None and obj not in found:
+                found.append(obj)
+    if not found:
+        return None
+    accepted = set()
+    for obj in found:
+        try:
+            params = inspect.signature(obj.__init__ if inspect.isclass(obj) else obj).parameters
+        except (TypeError, ValueError):
+            return None
+        if any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            return None
+        accepted |= set(params) - {'self'}
+    return accepted
+
+
+def check_cfg_options(cfg, options):
+    """Check that every ``--cfg-options`` key names something that exists in ``cfg``.
+
+    Rules: a top-level key must be in the config or be one that the Runner reads. Below the top
+    level, a missing key is refused when it is close to an existing sibling (``drop_path_rat``
+    vs ``drop_path_rate``: a probable typo) or when the dict builds a registered class
+    (``type=...``) whose constructor has no such argument and no ``**kwargs`` (``AdamW`` has no
+    ``lr_rate``). Any other new key is allowed (many dicts take new keys) and listed in the
+    returned notes. A path through a list needs a valid index; one through a scalar is refused.
+    Raises UserError.
+    """
+    notes = []
+    scope = cfg.get('default_scope') or 'mmdet'
+    for key in options or {}:
+        parts = key.split('.')
+        node = getattr(cfg, '_cfg_dict', cfg)  # an mmengine Config wraps a ConfigDict
+        for depth, part in enumerate(parts):
+            where = '.'.join(parts[:depth]) or 'the config'
+            if isinstance(node, (list, tuple)):
+                if part.isdigit() and int(part) < len(node):
+                    node = node[int(part)]
+                    continue
+                raise UserError(f'--cfg-options {key}: {where} is a list of {len(node)} items; '
+                                f'{part!r} is not a valid index')
+            if not isinstance(node, dict):
+                shown = repr(node) if len(repr(node)) < 60 else type(node).__name__
+                raise UserError(f'--cfg-options {key}: {where} is {shown}, not a dict, so it '
+                                f'has no key {part!r}; set {where} as a whole instead')
+            if part in node:
+                node = node[part]
+                continue
+            if depth == 0:
+                if part in _runner_keys():
+                    notes.append(f'--cfg-options {key}: adds the runner setting {part!r}')
+                    break
+                raise UserError(f'--cfg-options {key}: the config has no key {part!r}'
+                                f'{_suggest(part, list(node.keys()) + sorted(_runner_keys()))}')
+            hint = _suggest(part, node.keys())
+            if hint:
+                raise UserError(f'--cfg-options {key}: {where} has no key {part!r}{hint}')
+            accepted = _accepted_kwargs(node.get('type'), scope)
+            if accepted is not None and part not in accepted:
+                raise UserError(f'--cfg-options {key}: {node["type"]} ({where}) takes no '
+                                f'argument {part!r}{_suggest(part, accepted)}')
+            notes.append(f'--cfg-options {key}: adds the new key {part!r} to {where}')
+            break
+    return notes
+
+
+def _replace_data_root(node, old, new):
+    """Replace ``old`` (the config's data_root) by ``new`` in every dataset and evaluator."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if isinstance(value, str) and value == old and key == 'data_root':
+                node[key] = new
+            elif isinstance(value, str) and key == 'ann_file' and value.startswith(old):
+                node[key] = new + value[len(old):]
+            else:
+                _replace_data_root(value, old, new)
+    elif isinstance(node, (list, tuple)):
+        for item in node:
+            _replace_data_root(item, old, new)
+
+
+def load_config(path, cfg_options=None):
+    """``Config.fromfile`` + checked ``--cfg-options``; returns the merged config.
+
+    ``--cfg-options data_root=DIR`` is carried into every dataloader and evaluator that used the
+    config's data_root (a top-level variable is copied into them when the config is parsed, so
+    changing only the variable would change nothing).
+    """
+    from mmengine.config import Config
+    if not osp.isfile(path):
+        raise UserError(f'config file {path} not found (configs are in configs/)')
+    cfg = Config.fromfile(path)
+    options = dict(cfg_options or {})
+    for note in check_cfg_options(cfg, options):
+        print(f'note: {note}', file=sys.stderr)
+    old_root = cfg.get('data_root')
+    new_root = options.get('data_root')
+    if isinstance(old_root, str) and isinstance(new_root, str) and new_root != old_root:
+        if old_root.endswith('/') and not new_root.endswith('/'):
+            new_root += '/'  # configs build paths as data_root + 'annotations/...'
+            options['data_root'] = new_root
+        # Carry the new root first, so explicit per-dataloader options still win.
+        for key in ('train_dataloader', 'val_dataloader', 'test_dataloader',
+                    'val_evaluator', 'test_evaluator'):
+            if key in cfg:
+                _replace_data_root(cfg[key], old_root, new_root)
+    if options:
+        try:
+            cfg.merge_from_dict(options)
+        except (TypeError, KeyError) as err:
+            raise UserError(f'--cfg-options could not be merged: {err}') from err
+    return cfg
+
+
+# --------------------------------------------------------------------------------------------
+# Scope (mmdet / mmseg)
+# --------------------------------------------------------------------------------------------
+def config_scope(cfg):
+    scope = cfg.get('default_scope', 'mmdet')
+    if scope not in SCOPES:
+        raise UserError(f'default_scope={scope!r} is not supported by these tools; '
+                        f'use one of {SCOPES}')
+    return scope
+
+
+def register_scope(scope):
+    """Register mmdet's or mmseg's modules (and this project's) and set the default scope."""
+    import vir_dense  # noqa: F401  (ViR backbone, neck, layer-decay constructor)
+    if scope == 'mmseg':
+        from mmseg.utils import register_all_modules
+    else:
+        from mmdet.utils import register_all_modules
+    register_all_modules(init_default_scope=True)
+
+
+def build_runner(cfg):
+    from mmengine.registry import RUNNERS
+    from mmengine.runner import Runner
+    if 'runner_type' in cfg:
+        return RUNNERS.build(cfg)
+    return Runner.from_cfg(cfg)
+
+
+def setup_device(cfg, launcher):
+    """Without CUDA: gloo for distributed runs, and a DDP wrapper without device ids."""
+    import torch
+    if torch.cuda.is_available():
+        return
+    env_cfg = cfg.setdefault('env_cfg', {})
+    env_cfg.setdefault('dist_cfg', {})['backend'] = 'gloo'
+    if launcher != 'none':
+        wrapper = cfg.get('model_wrapper_cfg') or dict(type='MMDistributedDataParallel')
+        wrapper['device_ids'] = None  # CPU modules: DDP refuses device ids
+        wrapper.setdefault('find_unused_parameters', cfg.get('find_unused_parameters', False))
+        cfg.model_wrapper_cfg = wrapper
+
+
+def init_distributed_cpu(cfg, launcher):
+    """mmengine's pytorch launcher calls torch.cuda.set_device; on CPU start gloo ourselves."""
+    import torch
+    import torch.distributed as dist
+    if launcher != 'pytorch' or torch.cuda.is_available() or dist.is_initialized():
+        return
+    kwargs = dict((cfg.get('env_cfg') or {}).get('dist_cfg') or {})
+    kwargs['backend'] = 'gloo'
+    dist.init_process_group(**kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# Mixed precision on CPU
+# --------------------------------------------------------------------------------------------
+def _register_cpu_amp_wrapper():
+    """`CPUAmpOptimWrapper`: bf16 autocast on CPU for --amp (mmengine's AmpOptimWrapper
+    asserts a GPU). bfloat16 keeps fp32's exponent range, so no loss scaling is needed."""
+    from contextlib import contextmanager
+
+    import torch
+    from mmengine.optim import OptimWrapper
+    from mmengine.registry import OPTIM_WRAPPERS
+
+    if 'CPUAmpOptimWrapper' in OPTIM_WRAPPERS.module_dict:
+        return
+
+    def to_float(out):
+        if torch.is_tensor(out):
+            return out.float() if out.is_floating_point() else out
+        if isinstance(out, (list, tuple)):
+            return type(out)(to_float(o) for o in out)
+        return out
+
+    @OPTIM_WRAPPERS.register_module()
+    class CPUAmpOptimWrapper(OptimWrapper):
+        """Autocast covers the backbone and the neck, where the dense FLOPs are; their outputs
+        go back to float32 because mmcv's CPU kernels for the heads (nms, RoIAlign) take
+        float32 only. A model without backbone/neck runs wholly under autocast."""
+
+        def __init__(self, dtype='bfloat16', **kwargs):
+            super().__init__(**kwargs)
+            self.cast_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+
+        @contextmanager
+        def optim_context(self, model):
+            module = getattr(model, 'module', model)
+            parts = [getattr(module, name, None) for name in ('backbone', 'neck')]
+            parts = [part for part in parts if isinstance(part, torch.nn.Module)]
+            if not parts:
+                with super().optim_context(model), torch.autocast('cpu', dtype=self.cast_dtype):
+                    yield
+                return
+            active, handles = [], []
+
+            def enter(mod, args):
+                active.append(torch.autocast('cpu', dtype=self.cast_dtype))
+                active[-1].__enter__()
+
+            def leave(mod, args, out):
+                active.pop().__exit__(None, None, None)
+                return to_float(out)
+
+            for part in parts:
+                handles.append(part.register_forward_pre_hook(enter))
+                handles.append(part.register_forward_hook(leave))
+            try:
+                with super().optim_context(model):
+                    yield
+            finally:
+                for handle in handles:
+                    handle.remove()
+                while active:  # a forward that raised inside an autocast region
+                    active.pop().__exit__(None, None, None)
+
+
+_register_cpu_amp_wrapper()
+
+
+# --------------------------------------------------------------------------------------------
+# File checks
+# --------------------------------------------------------------------------------------------
+def check_file(path, what, hint=''):
+    if not path or not osp.isfile(str(path)):
+        raise UserError(f'{what} {path} not found{(": " + hint) if hint else ""}')
+    return str(path)
+
+
+def _iter_datasets(dataset):
+    """The leaf datasets of a dataset config (through Repeat/ClassBalanced/Concat wrappers)."""
+    if not isinstance(dataset, dict):
+        return
+    if isinstance(dataset.get('datasets'), (list, tuple)):
+        for child in dataset['datasets']:
+            yield from _iter_datasets(child)
+    elif isinstance(dataset.get('dataset'), dict):
+        yield from _iter_datasets(dataset['dataset'])
+    else:
+        yield dataset
+
+
+def _join(root, path):
+    return path if not root or osp.isabs(path) else osp.join(root, path)
+
+
+def _dataset_hint(dataset, root):
+    text = str(root or '')
+    for marker, command in _SYNTHETIC_HINTS.items():
+        if marker in text:
+            return (f'the embedded synthetic dataset is written by `{command}` '
+                    f'(default root data/{marker}/)')
+    hint = _DATASET_HINTS.get(str(dataset.get('type', '')).split('.')[-1], '')
+    return (f'{hint} Point the config at your copy with --cfg-options data_root=/path/to/'
+            'dataset/ (or edit data_root in the config).').strip()
+
+
+def check_dataset(dataset, split):
+    """Raise UserError if the dataset's root, annotation file or image folders are missing."""
+    for leaf in _iter_datasets(dataset):
+        root = leaf.get('data_root')
+        missing = []
+        if root and not osp.isdir(root):
+            missing.append(f'data_root {root}')
+        else:
+            ann_file = leaf.get('ann_file')
+            if ann_file:
+                ann_path = _join(root, ann_file)
+                if not osp.isfile(ann_path):
+                    missing.append(f'annotation file {ann_path}')
+            prefixes = leaf.get('data_prefix') or {}
+            for name, prefix in (prefixes.items() if isinstance(prefixes, dict) else []):
+                if prefix and isinstance(prefix, str):
+                    folder = _join(root, prefix)
+                    if not osp.isdir(folder):
+                        missing.append(f'{name} folder {folder}')
+        if missing:
+            raise UserError(f'{split} dataset not found: no {", no ".join(missing)}. '
+                            f'{_dataset_hint(leaf, root)}')
+
+
+def check_datasets(cfg, splits):
+    """Check the datasets of ``splits`` ('train', 'val', 'test') and their evaluators."""
+    for split in splits:
+        loader = cfg.get(f'{split}_dataloader')
+        if not loader or not isinstance(loader, dict):
+            continue
+        check_dataset(loader.get('dataset'), split)
+        evaluators = cfg.get(f'{split}_evaluator')
+        evaluators = evaluators if isinstance(evaluators, (list, tuple)) else [evaluators]
+        for evaluator in evaluators:
+            ann_file = evaluator.get('ann_file') if isinstance(evaluator, dict) else None
+            if ann_file and not evaluator.get('format_only') and not osp.isfile(ann_file):
+                raise UserError(f'{split} evaluator annotation file {ann_file} not found. '
+                                f'{_dataset_hint(loader.get("dataset") or {}, ann_file)}')
+
+
+def _pretrained_checkpoints(node, path=''):
+    """(config path, checkpoint) of every init_cfg=dict(type='Pretrained', checkpoint=...)."""
+    if isinstance(node, dict):
+        init_cfg = node.get('init_cfg')
+        for item in init_cfg if isinstance(init_cfg, (list, tuple)) else [init_cfg]:
+            if isinstance(item, dict) and item.get('type') == 'Pretrained' and \
+                    isinstance(item.get('checkpoint'), str):
+                yield f'{path}.init_cfg' if path else 'init_cfg', item['checkpoint']
+        for key, value in node.items():
+            if key != 'init_cfg':
+                yield from _pretrained_checkpoints(value, f'{path}.{key}' if path else key)
+    elif isinstance(node, (list, tuple)):
+        for i, item in enumerate(node):
+            yield from _pretrained_checkpoints(item, f'{path}.{i}')
+
+
+def check_pretrained(cfg):
+    """Every local Pretrained checkpoint of the model must exist (URLs and timm/ names pass)."""
+    for where, checkpoint in _pretrained_checkpoints(cfg.get('model', {}), 'model'):
+        if checkpoint.startswith(('timm/', 'timm:', 'http://', 'https://', 'torchvision://',
+                                  'open-mmlab://', 'mmcls://', 'pretrained://')):
+            continue
+        if not osp.isfile(checkpoint):
+            raise UserError(
+                f'pretrained weights {checkpoint} not found ({where}). No ImageNet ViR weights '
+                'exist: make a warm start from timm ViT/DeiT weights with `python '
+                f'tools/convert_checkpoint.py timm/deit_small_patch16_224.fb_in1k {checkpoint} '
+                '--arch small` (match --arch to the config), point the config at your file '
+                f'with --cfg-options {where}.checkpoint=PATH, or train from random init with '
+                f'--cfg-options {where}=None')
+
+
+# --------------------------------------------------------------------------------------------
+# Small helpers for the tools
+# --------------------------------------------------------------------------------------------
+def default_work_dir(config_path):
+    return osp.join('./work_dirs', Path(config_path).stem)
+
+
+def set_local_rank(local_rank):
+    if 'LOCAL_RANK' not in os.environ and local_rank is not None:
+        os.environ['LOCAL_RANK'] = str(local_rank)
