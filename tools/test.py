@@ -74,8 +74,10 @@ def main(argv=None):
     if args.out and scope == 'mmdet' and not args.out.endswith(('.pkl', '.pickle')):
         raise vr.UserError(f'--out {args.out}: detection predictions are dumped as .pkl')
     if args.out and scope == 'mmseg':
-        cfg.test_evaluator['output_dir'] = args.out
-        cfg.test_evaluator['keep_results'] = True
+        evaluators = cfg.test_evaluator
+        for evaluator in evaluators if isinstance(evaluators, (list, tuple)) else [evaluators]:
+            evaluator['output_dir'] = args.out
+            evaluator['keep_results'] = True
 
     vr.check_datasets(cfg, ['test'])
     vr.setup_device(cfg, args.launcher)
