@@ -53,6 +53,21 @@ def test_switching_retention_mode_gives_the_same_features(mask):
                 torch.testing.assert_close(out, ref, rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize('mask', ['causal_2d', 'bidirectional_2d'])
+def test_normalized_retention_same_features_in_every_mode(mask):
+    backbone = _build(mask=mask, init_values=1.0, normalize_retention=True).double().eval()
+    image = torch.randn(1, 3, 70, 90, dtype=torch.float64)
+    with torch.no_grad():
+        reference = backbone(image)
+        backbone.normalize_retention = False
+        assert not torch.allclose(backbone(image)[0], reference[0])  # the option does act
+        backbone.normalize_retention = True
+        for mode, chunk_size in [('chunkwise', 6), ('chunkwise', 13), ('recurrent', 1)]:
+            backbone.set_retention_mode(mode, chunk_size)
+            for out, ref in zip(backbone(image), reference):
+                torch.testing.assert_close(out, ref, rtol=0, atol=1e-10)
+
+
 def test_class_token_default_follows_the_mask():
     assert _build(mask='bidirectional_2d').with_cls_token
     causal = _build(mask='causal_2d')

@@ -4,10 +4,11 @@ import itertools
 import pytest
 import torch
 
-from vir_dense.ops.retention import (MASKS, decay_gammas, retention, retention_chunkwise,
-                                     retention_naive, retention_parallel)
+from vir_dense.ops.retention import (MASKS, decay_gammas, decay_row_sums, parse_mask,
+                                     retention, retention_chunkwise, retention_naive,
+                                     retention_parallel)
 from vir_dense.ops.retention.naive import naive_decay_mask
-from vir_dense.ops.retention.decay import TokenLayout
+from vir_dense.ops.retention.decay import TokenLayout, make_layout
 
 # (rows, cols): square, non-square both ways, single row/column, and grids whose last chunk
 # is shorter than the chunk.
@@ -28,6 +29,10 @@ def test_decay_schedule_matches_paper():
     assert gammas[0].item() == pytest.approx(0.96875)
     assert gammas[-1].item() == pytest.approx(1 - 1 / 512)
     assert decay_gammas(1).item() == pytest.approx(0.96875)
+    local = decay_gammas(3, exponents=(1, 5))
+    assert local.tolist() == pytest.approx([0.5, 0.875, 0.96875])
+    with pytest.raises(ValueError, match='decay exponents'):
+        decay_gammas(3, exponents=(5, 1))
 
 
 @pytest.mark.parametrize('mask,grid,cls_token',
@@ -42,6 +47,40 @@ def test_every_form_matches_naive_float64(mask, grid, cls_token):
         assert out.dtype == torch.float64
         torch.testing.assert_close(out, reference, rtol=0, atol=1e-10,
                                    msg=f'{mode} chunk={chunk_size}')
+
+
+@pytest.mark.parametrize('mask,grid,cls_token',
+                         list(itertools.product(MASKS, GRIDS, [False, True])))
+def test_closed_form_row_sums_equal_the_dense_mask(mask, grid, cls_token):
+    causal, _ = parse_mask(mask)
+    layout = make_layout(mask, grid[0] * grid[1] + cls_token, grid, cls_token)
+    for gamma in (decay_gammas(3), torch.tensor([0.5, 0.9, 0.999], dtype=torch.float64)):
+        dense = naive_decay_mask(gamma, layout, causal).sum(-1)
+        torch.testing.assert_close(decay_row_sums(gamma, layout, causal), dense,
+                                   rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize('mask', list(MASKS))
+@pytest.mark.parametrize('cls_token', [False, True])
+def test_normalized_forms_match_naive_and_do_not_grow_with_tokens(mask, cls_token):
+    gamma = decay_gammas(3)
+    for grid in [(5, 4), (3, 7)]:
+        q, k, v = _qkv(grid[0] * grid[1] + cls_token, torch.float64)
+        reference = retention_naive(q, k, v, gamma, mask, grid, cls_token, normalize=True)
+        for mode, chunk_size in FORMS:
+            out = retention(q, k, v, mask=mask, mode=mode, grid=grid, cls_token=cls_token,
+                            chunk_size=chunk_size or 64, normalize=True)
+            torch.testing.assert_close(out, reference, rtol=0, atol=1e-12,
+                                       msg=f'{mode} chunk={chunk_size}')
+    # A decay-weighted mean: with q.k = 1 and v = 1 everywhere every output is exactly 1,
+    # at any grid size, where the unnormalized sum grows with the number of tokens.
+    for grid in [(4, 4), (32, 32)]:
+        ones = torch.ones(1, 3, grid[0] * grid[1] + cls_token, 1, dtype=torch.float64)
+        normalized = retention(ones, ones, ones, mask=mask, mode='chunkwise', grid=grid,
+                               cls_token=cls_token, chunk_size=64, normalize=True)
+        torch.testing.assert_close(normalized, torch.ones_like(normalized))
+    plain = retention(ones, ones, ones, mask=mask, grid=grid, cls_token=cls_token)
+    assert plain.max() > 30
 
 
 @pytest.mark.parametrize('mask', list(MASKS))

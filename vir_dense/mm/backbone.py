@@ -55,6 +55,14 @@ class ViR(ViRTrunk, BaseModule):
         retention_mode: 'parallel' | 'chunkwise' | 'recurrent' (same outputs; chunkwise and
             recurrent keep memory linear in the number of tokens).
         chunk_size: tokens per chunk in chunkwise mode (rounded to whole rows for 2D masks).
+        normalize_retention: divide each token's retention output by its decay-mask row sum
+            (a decay-weighted mean instead of a sum; not in the paper). Without it, outputs
+            scale with the token count (~1000x the input at 20x20 tokens in block 0 of a
+            random-init model), which slows training from scratch and shifts activations
+            between training and high-resolution inference.
+        decay_exponents: (first, last): 1 - gamma runs log-uniformly from 2^-first (head 0)
+            to 2^-last (last head). ViR's (5, 9) is nearly global on dense grids; (1, 5) adds
+            local heads (gamma 0.5 ... 0.97).
         with_cls_token: run the class token through the blocks. None follows the mask: under a
             causal mask no patch sees the (last) class token, so it is dropped for free; under a
             bidirectional mask every patch sees it, so it is kept as in pretraining.
@@ -68,8 +76,9 @@ class ViR(ViRTrunk, BaseModule):
 
     def __init__(self, arch='small', patch_size=16, img_size=224, in_channels=3,
                  out_indices=(3, 5, 7, 11), pyramid='taps', mask='bidirectional_2d',
-                 retention_mode='parallel', chunk_size=256, drop_path_rate=0.1,
-                 init_values=1e-5, with_cls_token=None, final_norm=True, with_cp=False,
+                 retention_mode='parallel', chunk_size=256, normalize_retention=False,
+                 decay_exponents=(5.0, 9.0), drop_path_rate=0.1, init_values=1e-5,
+                 with_cls_token=None, final_norm=True, with_cp=False,
                  frozen_stages=-1, init_cfg=None):
         settings = _arch_settings(arch)
         super().__init__(img_size=img_size, patch_size=patch_size, in_chans=in_channels,
@@ -77,7 +86,8 @@ class ViR(ViRTrunk, BaseModule):
                          num_heads=settings['num_heads'], init_values=init_values,
                          drop_path_rate=drop_path_rate, mask=mask,
                          retention_mode=retention_mode, chunk_size=chunk_size,
-                         dynamic_img_size=True)
+                         normalize_retention=normalize_retention,
+                         decay_exponents=decay_exponents, dynamic_img_size=True)
         self.init_cfg = init_cfg
         num_layers = settings['num_layers']
         self.out_indices = tuple(i % num_layers for i in out_indices)

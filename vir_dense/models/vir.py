@@ -22,9 +22,9 @@ from timm.layers import DropPath, LayerScale, Mlp, PatchEmbed, resample_abs_pos_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 from vir_dense.ops.retention import (RecurrentState, TokenLayout, check_mode, chunk_step,
-                                     decay_gammas, parse_mask, recurrent_step, retention,
-                                     rows_per_chunk)
-from vir_dense.ops.retention.decay import from_grid, to_grid
+                                     decay_gammas, decay_row_sums, make_layout, parse_mask,
+                                     recurrent_step, retention, rows_per_chunk)
+from vir_dense.ops.retention.decay import PAPER_DECAY_EXPONENTS, from_grid, to_grid
 
 __all__ = ['VisionRetention', 'ViRTrunk', 'MultiHeadRetention', 'Block', 'run_blocks']
 
@@ -37,13 +37,17 @@ class RetentionContext:
     grid: tuple
     cls_token: bool
     chunk_size: int
+    normalize: bool = False  # divide by decay-mask row sums (retention(normalize=True))
 
 
 class MultiHeadRetention(nn.Module):
     """Softmax-free retention: q, k, v from one linear layer, fixed per-head decay."""
 
-    def __init__(self, dim, num_heads, qkv_bias=True, proj_drop=0.0):
+    def __init__(self, dim, num_heads, qkv_bias=True, proj_drop=0.0,
+                 decay_exponents=PAPER_DECAY_EXPONENTS):
         super().__init__()
+        self.decay_exponents = tuple(decay_exponents)
+        decay_gammas(num_heads, exponents=self.decay_exponents)  # fail early on bad values
         if dim % num_heads:
             raise ValueError(f'dim {dim} is not divisible by num_heads {num_heads}')
         self.num_heads = num_heads
@@ -55,7 +59,7 @@ class MultiHeadRetention(nn.Module):
 
     def gamma(self, device):
         # Not a buffer: model.half() would round the decay; it is cheap to rebuild in float64.
-        return decay_gammas(self.num_heads, device=device)
+        return decay_gammas(self.num_heads, device=device, exponents=self.decay_exponents)
 
     def _split_heads(self, x):
         batch, tokens, _ = x.shape
@@ -71,7 +75,7 @@ class MultiHeadRetention(nn.Module):
         q, k, v = self._split_heads(x)
         out = retention(q, k, v, mask=ctx.mask, mode=ctx.mode, grid=ctx.grid,
                         cls_token=ctx.cls_token, chunk_size=ctx.chunk_size,
-                        gamma=self.gamma(x.device))
+                        gamma=self.gamma(x.device), normalize=ctx.normalize)
         return self._merge_heads(out)
 
     def forward_stream(self, x, state, piece):
@@ -86,22 +90,27 @@ class MultiHeadRetention(nn.Module):
             for empty_column in piece.skip_columns:
                 recurrent_step(state, empty_column)
             out = recurrent_step(state, piece.column, q[:, :, 0], k[:, :, 0], v[:, :, 0])
-            return self._merge_heads(out[:, :, None].to(x.dtype)), state
-        grid_qkv = [to_grid(t, piece.layout) for t in (q, k, v)]
-        out, state = chunk_step(*grid_qkv, state, gamma, causal=True,
-                                update_state=not piece.last)
-        return self._merge_heads(from_grid(out, piece.layout).to(x.dtype)), state
+            out = out[:, :, None]
+        else:
+            grid_qkv = [to_grid(t, piece.layout) for t in (q, k, v)]
+            out, state = chunk_step(*grid_qkv, state, gamma, causal=True,
+                                    update_state=not piece.last)
+            out = from_grid(out, piece.layout)
+        if piece.row_sums is not None:
+            out = out / piece.row_sums.to(out)[:, :, None]
+        return self._merge_heads(out.to(x.dtype)), state
 
 
 class Block(nn.Module):
     """Pre-norm ViR block: x + LS(MHR(LN(x))), then x + LS(MLP(LN(x)))."""
 
     def __init__(self, dim, num_heads, mlp_ratio=4.0, qkv_bias=True, init_values=1e-5,
-                 proj_drop=0.0, drop_path=0.0, norm_layer=None, act_layer=nn.GELU):
+                 proj_drop=0.0, drop_path=0.0, norm_layer=None, act_layer=nn.GELU,
+                 decay_exponents=PAPER_DECAY_EXPONENTS):
         super().__init__()
         norm_layer = norm_layer or partial(nn.LayerNorm, eps=1e-6)
         self.norm1 = norm_layer(dim)
-        self.retention = MultiHeadRetention(dim, num_heads, qkv_bias, proj_drop)
+        self.retention = MultiHeadRetention(dim, num_heads, qkv_bias, proj_drop, decay_exponents)
         self.ls1 = LayerScale(dim, init_values) if init_values else nn.Identity()
         self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = norm_layer(dim)
@@ -129,6 +138,7 @@ class StreamPiece:
     column: Optional[int] = None   # recurrent mode: the grid column of the single token
     skip_columns: tuple = ()       # recurrent mode: empty cells to decay through first
     last: bool = False             # no state is needed after the last piece
+    row_sums: Optional[torch.Tensor] = None  # (H, tokens) divisors when retention normalizes
 
     @property
     def num_tokens(self):
@@ -180,7 +190,14 @@ def run_blocks(blocks, x, ctx: RetentionContext, out_indices=(), with_cp=False,
 
     states = [None] * len(blocks)
     outputs, tap_pieces = [], {index: [] for index in out_indices}
-    for piece in stream_pieces(ctx):
+    pieces = stream_pieces(ctx)
+    if ctx.normalize:  # same heads and decay in every block: one table serves them all
+        num_tokens = pieces[-1].start + pieces[-1].num_tokens
+        layout = make_layout(ctx.mask, num_tokens, ctx.grid, ctx.cls_token)
+        row_sums = decay_row_sums(blocks[0].retention.gamma(x.device), layout, causal)
+        for piece in pieces:
+            piece.row_sums = row_sums[:, piece.start:piece.start + piece.num_tokens]
+    for piece in pieces:
         h = x[:, piece.start:piece.start + piece.num_tokens]
         for index, block in enumerate(blocks):
             h, states[index] = block.forward_stream(h, states[index], piece)
@@ -201,7 +218,8 @@ class ViRTrunk(nn.Module):
     def __init__(self, img_size=224, patch_size=16, in_chans=3, embed_dim=384, depth=12,
                  num_heads=6, mlp_ratio=4.0, qkv_bias=True, init_values=1e-5, pos_drop_rate=0.0,
                  proj_drop_rate=0.0, drop_path_rate=0.0, mask='causal_2d',
-                 retention_mode='parallel', chunk_size=256, dynamic_img_size=False,
+                 retention_mode='parallel', chunk_size=256, normalize_retention=False,
+                 decay_exponents=PAPER_DECAY_EXPONENTS, dynamic_img_size=False,
                  norm_layer=None, act_layer=None):
         super().__init__()
         norm_layer = norm_layer or partial(nn.LayerNorm, eps=1e-6)
@@ -209,6 +227,9 @@ class ViRTrunk(nn.Module):
         self.num_prefix_tokens = 0  # the class token is a suffix; pos_embed covers patches only
         self.dynamic_img_size = dynamic_img_size
         self.grad_checkpointing = False
+        # Not in the paper: retention outputs become decay-weighted means (see
+        # vir_dense.ops.retention.retention), so their scale no longer grows with image size.
+        self.normalize_retention = normalize_retention
         self.set_retention_mode(retention_mode, chunk_size, mask)
 
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim,
@@ -219,7 +240,8 @@ class ViRTrunk(nn.Module):
         drop_path = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linear rule
         self.blocks = nn.Sequential(*[
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias, init_values, proj_drop_rate,
-                  drop_path[i], norm_layer, act_layer or nn.GELU) for i in range(depth)])
+                  drop_path[i], norm_layer, act_layer or nn.GELU, decay_exponents)
+            for i in range(depth)])
         self.norm = norm_layer(embed_dim)
         self._pos_embed_cache = {}
         self.init_trunk_weights()
@@ -279,7 +301,7 @@ class ViRTrunk(nn.Module):
 
     def context(self, grid, with_cls_token=True):
         return RetentionContext(self.mask, self.retention_mode, grid, with_cls_token,
-                                self.chunk_size)
+                                self.chunk_size, self.normalize_retention)
 
 
 class VisionRetention(ViRTrunk):

@@ -4,20 +4,23 @@
 nothing of images: 2D masks only need the patch grid. Every form equals `retention_naive`.
 """
 from .chunkwise import chunk_step, retention_chunkwise, rows_per_chunk
-from .decay import (MASKS, MODES, TokenLayout, check_mode, decay_gammas, make_layout,
-                    parse_mask)
+from .decay import (MASKS, MODES, TokenLayout, check_mode, decay_gammas, decay_row_sums,
+                    make_layout, parse_mask)
 from .naive import retention_naive
 from .parallel import retention_parallel
 from .recurrent import RecurrentState, recurrent_step, retention_recurrent
 
 
 def retention(q, k, v, mask='causal_1d', mode='parallel', grid=None, cls_token=False,
-              chunk_size=256, gamma=None):
+              chunk_size=256, gamma=None, normalize=False):
     """Retention of (B, H, N, d) q, k, v under `mask` computed in `mode`.
 
     grid: (rows, cols) of the patch tokens (2D masks); cls_token: the last token is a class
     token at the virtual position (cols-1, rows); chunk_size: tokens per chunk (chunkwise mode,
-    rounded to whole rows for 2D masks); gamma: per-head decay (default: ViR's schedule).
+    rounded to whole rows for 2D masks); gamma: per-head decay (default: ViR's schedule);
+    normalize: divide each token's output by the sum of its decay-mask row, making it a
+    decay-weighted mean whose scale does not grow with the number of tokens (not in the paper;
+    a per-token constant, so every form stays exact).
     """
     check_mode(mode)
     parse_mask(mask)
@@ -27,13 +30,18 @@ def retention(q, k, v, mask='causal_1d', mode='parallel', grid=None, cls_token=F
     if gamma is None:
         gamma = decay_gammas(q.shape[1], device=q.device)
     if mode == 'parallel':
-        return retention_parallel(q, k, v, gamma, mask, grid, cls_token)
-    if mode == 'recurrent':
-        return retention_recurrent(q, k, v, gamma, mask, grid, cls_token)
-    return retention_chunkwise(q, k, v, gamma, mask, grid, cls_token, chunk_size)
+        out = retention_parallel(q, k, v, gamma, mask, grid, cls_token)
+    elif mode == 'recurrent':
+        out = retention_recurrent(q, k, v, gamma, mask, grid, cls_token)
+    else:
+        out = retention_chunkwise(q, k, v, gamma, mask, grid, cls_token, chunk_size)
+    if normalize:
+        layout = make_layout(mask, q.shape[-2], grid, cls_token)
+        out = out / decay_row_sums(gamma, layout, parse_mask(mask)[0]).to(out)[:, :, None]
+    return out
 
 
 __all__ = ['MASKS', 'MODES', 'RecurrentState', 'TokenLayout', 'check_mode', 'chunk_step',
-           'decay_gammas', 'make_layout', 'parse_mask', 'recurrent_step', 'retention',
-           'retention_chunkwise', 'retention_naive', 'retention_parallel', 'retention_recurrent',
-           'rows_per_chunk']
+           'decay_gammas', 'decay_row_sums', 'make_layout', 'parse_mask', 'recurrent_step',
+           'retention', 'retention_chunkwise', 'retention_naive', 'retention_parallel',
+           'retention_recurrent', 'rows_per_chunk']

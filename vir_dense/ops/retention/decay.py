@@ -35,13 +35,23 @@ def check_mode(mode):
         raise ValueError(f'unknown retention mode {mode!r}; choose one of {list(MODES)}')
 
 
-def decay_gammas(num_heads, dtype=torch.float64, device=None):
-    """ViR's fixed per-head decay: 1 - gamma is log-uniform from 1/32 to 1/512."""
-    if num_heads == 1:
-        exponents = torch.tensor([-5.0], dtype=torch.float64)
-    else:
-        exponents = -5.0 - 4.0 * torch.arange(num_heads, dtype=torch.float64) / (num_heads - 1)
-    return (1.0 - torch.pow(2.0, exponents)).to(dtype=dtype, device=device)
+PAPER_DECAY_EXPONENTS = (5.0, 9.0)
+
+
+def decay_gammas(num_heads, dtype=torch.float64, device=None,
+                 exponents=PAPER_DECAY_EXPONENTS):
+    """Fixed per-head decay: 1 - gamma log-uniform from 2^-first to 2^-last over the heads.
+
+    ViR's schedule is exponents (5, 9): 1 - gamma from 1/32 to 1/512, nearly global on the
+    grids of dense prediction. Smaller exponents give local heads, e.g. (1, 5): gamma 0.5 ...
+    0.97 (a choice for dense tasks trained from scratch; see docs/detection.md).
+    """
+    first, last = (float(e) for e in exponents)
+    if not 0 < first <= last:
+        raise ValueError(f'decay exponents must satisfy 0 < first <= last, got {exponents}')
+    steps = torch.arange(num_heads, dtype=torch.float64) / max(num_heads - 1, 1)
+    return (1.0 - torch.pow(2.0, -first - (last - first) * steps)).to(dtype=dtype,
+                                                                      device=device)
 
 
 @dataclass(frozen=True)
@@ -108,6 +118,43 @@ def decay_matrix(gamma, length, causal, dtype):
     if causal:
         weights = weights.masked_fill(distance[None] < 0, 0.0)
     return weights.to(dtype)
+
+
+def _axis_sums(gamma, query, length, causal):
+    """(H, Q) sums over keys p' = 0..length-1 of the 1D weight at each query position p.
+
+    Closed form (no length x length matrix): left part sum_{p' <= min(p, length-1)}
+    gamma^(p-p'), plus, when bidirectional, the right part sum_{p < p' < length} gamma^(p'-p).
+    """
+    g = gamma.double()[:, None]
+    p = query.double()[None, :]
+    nearest = torch.clamp(p, max=length - 1)  # the key closest to p from the left
+    left = g ** (p - nearest) * (1 - g ** (nearest + 1)) / (1 - g)
+    if causal:
+        return left
+    right = torch.where(p < length - 1, g * (1 - g ** (length - 1 - p)) / (1 - g),
+                        torch.zeros_like(left))
+    return left + right
+
+
+def decay_row_sums(gamma, layout, causal):
+    """(H, num_tokens) float64: the sum of each token's row of the decay mask.
+
+    Dividing a token's retention output by it turns the sum over visible tokens into a
+    decay-weighted mean (see `retention(normalize=True)`). Every mask factors into columns x
+    rows, so a patch's row sum is a product of two 1D sums; the class token adds its own cell.
+    """
+    x, y = (t.to(gamma.device) for t in layout.positions())
+    sums = (_axis_sums(gamma, x, layout.cols, causal) *
+            _axis_sums(gamma, y, layout.rows, causal))
+    if layout.cls_token:
+        g = gamma.double()[:, None]
+        cls_x, cls_y = layout.cols - 1, layout.rows
+        if causal:  # patches never see the class token below them; it sees itself
+            sums[:, -1] += 1.0
+        else:  # every token sees it, at distance |x - cls_x| + (cls_y - y); itself at 0
+            sums += g ** ((x - cls_x).abs() + (cls_y - y).abs()).double()[None]
+    return sums
 
 
 def to_grid(x, layout):

@@ -18,10 +18,16 @@ def naive_decay_mask(gamma, layout, causal):
     return mask
 
 
-def retention_naive(q, k, v, gamma, mask='causal_1d', grid=None, cls_token=False):
-    """Ret(X) = (Q K^T ⊙ D) V for (B, H, N, d) inputs; the result has q's dtype."""
+def retention_naive(q, k, v, gamma, mask='causal_1d', grid=None, cls_token=False,
+                    normalize=False):
+    """Ret(X) = (Q K^T ⊙ D) V for (B, H, N, d) inputs; the result has q's dtype.
+
+    normalize: divide each row of D by its sum (the reference for `retention(normalize=True)`).
+    """
     causal, _ = parse_mask(mask)
     layout = make_layout(mask, q.shape[-2], grid, cls_token)
     decay = naive_decay_mask(gamma, layout, causal).to(q.device)
+    if normalize:
+        decay = decay / decay.sum(-1, keepdim=True)
     scores = q.double() @ k.double().transpose(-1, -2) * decay
     return (scores @ v.double()).to(q.dtype)
