@@ -68,6 +68,24 @@ def test_normalized_retention_same_features_in_every_mode(mask):
                 torch.testing.assert_close(out, ref, rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize('size', [(64, 64), (70, 101)])
+def test_spatial_prior_map_comes_first_at_stride_4(size):
+    backbone = _build(out_indices=(-1,), pyramid=None, patch_size=8,
+                      spatial_prior=dict(channels=16)).eval()
+    assert backbone.out_strides == (4, 8)
+    with torch.no_grad():
+        detail, feats = backbone(torch.randn(2, 3, *size))
+    assert detail.shape == (2, 16, -(-size[0] // 4), -(-size[1] // 4))
+    assert feats.shape == (2, 64, -(-size[0] // 8), -(-size[1] // 8))
+    # an FPN over (stride 4, stride 8) gives the five levels RPN and RoI heads expect
+    neck = MMDET_MODELS.build(dict(type='FPN', in_channels=[16, 64], out_channels=32,
+                                   num_outs=5))
+    with torch.no_grad():
+        levels = neck((detail, feats))
+    assert [level.shape[-1] for level in levels] == [-(-size[1] // s) for s in
+                                                     (4, 8, 16, 32, 64)]
+
+
 def test_class_token_default_follows_the_mask():
     assert _build(mask='bidirectional_2d').with_cls_token
     causal = _build(mask='causal_2d')

@@ -11,6 +11,7 @@ import vir_dense  # noqa: F401
 def _backbone(checkpoint, **kwargs):
     cfg = dict(type='ViR', arch='tiny', img_size=kwargs.pop('img_size', 224),
                out_indices=(3, 5, 7, 11), drop_path_rate=0.0,
+               spatial_prior=kwargs.pop('spatial_prior', None),
                init_cfg=dict(type='Pretrained', checkpoint=str(checkpoint), **kwargs))
     backbone = MODELS.build(cfg)
     backbone.init_weights()
@@ -43,6 +44,10 @@ def test_vir_classifier_and_mm_checkpoints(tmp_path):
 
     detector = {f'backbone.{k}': v for k, v in backbone.state_dict().items()}
     detector['neck.levels.0.1.weight'] = torch.zeros(4)
+    # the conv spatial prior is new weight: not counted as missing, the trunk still loads
+    with_prior = _backbone(path, spatial_prior=dict(channels=16))
+    assert torch.equal(with_prior.blocks[3].mlp.fc1.weight, vir.blocks[3].mlp.fc1.weight)
+
     mm_path = tmp_path / 'maskrcnn.pth'
     torch.save({'meta': {'epoch': 12}, 'state_dict': detector}, mm_path)
     again = _backbone(mm_path)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from mmengine.config import Config
 
 from vir_dense import runner as vr
@@ -44,12 +45,14 @@ def test_config_builds(path):
     model = MODELS.build(model_cfg)
     assert type(model.backbone).__name__ == 'ViR'
     if scope == 'mmdet':
-        # The neck takes the backbone's one map; widths must agree.
-        assert cfg.model.neck.in_channels == [model.backbone.embed_dim]
-        # Feature strides of the neck match the RPN anchors and the RoI extractors.
-        strides = [model.backbone.patch_size / s for s in cfg.model.neck.scale_factors]
-        while len(strides) < cfg.model.neck.num_outs:
-            strides.append(strides[-1] * 2)
+        # Measured on a 128x128 input: the neck takes the backbone's maps (widths agree) and
+        # its levels have the strides of the RPN anchors and the RoI extractors.
+        model.eval()
+        with torch.no_grad():
+            feats = model.backbone(torch.zeros(1, 3, 128, 128))
+            levels = model.neck(feats)
+        assert cfg.model.neck.in_channels == [f.shape[1] for f in feats]
+        strides = [128 // level.shape[-1] for level in levels]
         assert strides == cfg.model.rpn_head.anchor_generator.strides
         assert strides[:4] == cfg.model.roi_head.bbox_roi_extractor.featmap_strides
         # Layer decay depth = backbone depth.

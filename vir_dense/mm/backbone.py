@@ -16,6 +16,8 @@ from vir_dense.models.vir import ViRTrunk, run_blocks
 from vir_dense.ops.retention import parse_mask
 
 from .neck import rescale_layer
+from .spatial_prior import STRIDE as SPATIAL_PRIOR_STRIDE
+from .spatial_prior import SpatialPriorStem
 
 ARCH_ZOO = {
     'tiny': dict(embed_dims=192, num_layers=12, num_heads=3),
@@ -69,6 +71,9 @@ class ViR(ViRTrunk, BaseModule):
         final_norm: apply the trunk's final LayerNorm to the tap of the last block.
         with_cp: gradient checkpointing of each block while training.
         frozen_stages: -1 trains everything; 0 freezes the embeddings; k >= 1 also blocks 0..k-1.
+        spatial_prior: None, or dict(channels=64, norm_cfg=...) to add a conv stem on the
+            image (vir_dense.mm.spatial_prior) whose stride-4 map is returned first, in front
+            of the ViR maps (feed them to an FPN).
         init_cfg: dict(type='Pretrained', checkpoint=PATH or 'timm/<model>',
             allow_partial=False) imports ViR, timm ViT/DeiT or mmdet/mmseg checkpoints
             (vir_dense.mm.checkpoint), with a report of what was loaded.
@@ -79,7 +84,7 @@ class ViR(ViRTrunk, BaseModule):
                  retention_mode='parallel', chunk_size=256, normalize_retention=False,
                  decay_exponents=(5.0, 9.0), drop_path_rate=0.1, init_values=1e-5,
                  with_cls_token=None, final_norm=True, with_cp=False,
-                 frozen_stages=-1, init_cfg=None):
+                 frozen_stages=-1, spatial_prior=None, init_cfg=None):
         settings = _arch_settings(arch)
         super().__init__(img_size=img_size, patch_size=patch_size, in_chans=in_channels,
                          embed_dim=settings['embed_dims'], depth=settings['num_layers'],
@@ -111,6 +116,10 @@ class ViR(ViRTrunk, BaseModule):
         self.out_strides = tuple(
             int(patch_size / scale) for scale in TAP_SCALES) if pyramid else (
             (patch_size,) * len(self.out_indices))
+        self.spatial_prior = None
+        if spatial_prior is not None:
+            self.spatial_prior = SpatialPriorStem(in_channels, **spatial_prior)
+            self.out_strides = (SPATIAL_PRIOR_STRIDE,) + self.out_strides
         self._freeze_stages()
 
     # --- weights --------------------------------------------------------------------------
@@ -158,12 +167,16 @@ class ViR(ViRTrunk, BaseModule):
         pad_w = (-width) % self.patch_size
         if pad_h or pad_w:  # pad right/bottom; outputs are cropped back below
             x = F.pad(x, (0, pad_w, 0, pad_h))
+        outs = []
+        if self.spatial_prior is not None:
+            outs.append(self.spatial_prior(x)[..., :math.ceil(height / SPATIAL_PRIOR_STRIDE),
+                                              :math.ceil(width / SPATIAL_PRIOR_STRIDE)])
         tokens, grid = self.embed(x, with_cls_token=self.with_cls_token)
         ctx = self.context(grid, self.with_cls_token)
         _, taps = run_blocks(self.blocks, tokens, ctx, out_indices=self.out_indices,
                              with_cp=self.with_cp and self.training)
         last_block = len(self.blocks) - 1
-        outs = []
+        first = len(outs)
         for position, index in enumerate(self.out_indices):
             feats = taps[index][:, :grid[0] * grid[1]]
             if index == last_block and self.final_norm:
@@ -171,6 +184,6 @@ class ViR(ViRTrunk, BaseModule):
             feats = feats.transpose(1, 2).reshape(x.shape[0], -1, *grid)
             if self.pyramid == 'taps':
                 feats = self.rescales[position](feats)
-            stride = self.out_strides[position]
+            stride = self.out_strides[first + position]
             outs.append(feats[..., :math.ceil(height / stride), :math.ceil(width / stride)])
         return tuple(outs)
