@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from vir_dense.apis import seg as seg_api
+from vir_dense.apis import seg_lean
 from vir_dense.datasets.synthetic import SYNTHETIC_CLASSES, SYNTHETIC_PALETTE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -165,11 +166,11 @@ def test_recurrent_matches_parallel(model):
                                                ((20, 8), (7, 31)), ((1, 5), (3, 1))])
 def test_banded_upsample_argmax_equals_interpolate(monkeypatch, align_corners, in_size,
                                                    out_size):
-    monkeypatch.setattr(seg_api, 'BAND_ELEMENTS', 5 * 40)  # a few rows per band
+    monkeypatch.setattr(seg_lean, 'BAND_ELEMENTS', 5 * 40)  # a few rows per band
     logits = torch.randn(5, *in_size, generator=torch.Generator().manual_seed(0))
     expected = F.interpolate(logits[None], size=out_size, mode='bilinear',
                              align_corners=align_corners)[0].argmax(0)
-    got = seg_api.upsample_argmax(logits, out_size, align_corners=align_corners)
+    got = seg_lean.upsample_argmax(logits, out_size, align_corners=align_corners)
     assert torch.equal(got, expected)
 
 
@@ -186,7 +187,7 @@ def test_slide_mode_matches_mmseg(model):
     inputs = torch.randn(1, 3, 70, 150, generator=torch.Generator().manual_seed(0))
     meta = dict(ori_shape=(70, 150), img_shape=(70, 150))
     with torch.no_grad():
-        lean = seg_api._slide_logits(model, inputs, dict(meta))
+        lean = seg_lean._slide_logits(model, inputs, dict(meta))
         reference = model.slide_inference(inputs, [dict(meta)])
     torch.testing.assert_close(lean, reference)
 
@@ -203,11 +204,11 @@ def test_whole_mode_matches_mmseg(model):
 
 def test_lean_uper_head_equals_uper_head(model):
     head = model.decode_head
-    assert seg_api._lean_uper_possible(head)
+    assert seg_lean._lean_uper_possible(head)
     with torch.no_grad():
         feats = model.extract_feat(torch.randn(1, 3, 88, 120))
         reference = head.forward(feats)
-        lean = seg_api._lean_uper_forward(head, list(feats))
+        lean = seg_lean._lean_uper_forward(head, list(feats))
     scale = reference.abs().max().item()
     torch.testing.assert_close(lean, reference, rtol=1e-5, atol=1e-5 * scale)
 
