@@ -436,7 +436,7 @@ def report(results, machine, args, argv, elapsed):
     lines += ['', *target_checks(results, sizes), '',
               'Guards: a configuration whose estimated peak exceeds the free memory is skipped; '
               'one that ran out of memory or time is not tried at larger sizes. '
-              'Plot: `docs/benchmark_highres.png`.']
+              f'Plot: `{os.path.relpath(args.plot, REPO)}`.']
     return '\n'.join(lines)
 
 
