@@ -261,13 +261,14 @@ def child_run(cfg):
         limit = _status_kb('VmSize') + cfg['mem_budget'] + GIB // 2
         resource.setrlimit(resource.RLIMIT_AS, (limit, resource.RLIM_INFINITY))
     _emit(event='built', rss_before=rss_before, info=info)
-    backbone_times = []  # the backbone's share of each run, timed by forward hooks
-    starts = []
+    # The backbone's share of each run, timed by forward hooks (summed over the windows in
+    # slide mode).
+    backbone_calls, backbone_times, starts = [], [], []
     backbone.register_forward_pre_hook(lambda *_: starts.append(time.perf_counter()))
 
     def backbone_done(*_):
-        backbone_times.append(time.perf_counter() - starts[-1])
-        _emit(event='backbone', seconds=backbone_times[-1])
+        backbone_calls.append(time.perf_counter() - starts[-1])
+        _emit(event='backbone', seconds=backbone_calls[-1])
 
     backbone.register_forward_hook(backbone_done)
     times = []
@@ -275,8 +276,10 @@ def child_run(cfg):
         with torch.no_grad():
             while True:
                 start = time.perf_counter()
+                backbone_calls.clear()
                 labels = segment_array(model, image, pipeline=pipeline)
                 times.append(time.perf_counter() - start)
+                backbone_times.append(sum(backbone_calls))
                 _emit(event='run', seconds=times[-1])
                 del labels
                 if len(times) >= cfg['repeats'] or times[-1] > 20:
@@ -323,14 +326,17 @@ def run_one(name, size, args, budget):
         result.update(final)
         return result
     runs = [r['seconds'] for r in records if r.get('event') == 'run']
-    backbone_runs = [r['seconds'] for r in records if r.get('event') == 'backbone']
-    if backbone_runs:
-        result['backbone_s'] = backbone_runs[0]
+    # Backbone calls before the first finished run (all of them when it did not finish).
+    first_run = next((i for i, r in enumerate(records) if r.get('event') == 'run'),
+                     len(records))
+    backbone_calls = [r['seconds'] for r in records[:first_run] if r.get('event') == 'backbone']
+    if backbone_calls:
+        result['backbone_s'] = sum(backbone_calls)
     if code == 'timeout':
         result.update(status='timeout', timeout_s=args.timeout,
                       note=f'timeout > {args.timeout:g} s' + (
             f' (1st run {runs[0]:.0f} s)' if runs else '') + (
-            f' (backbone {backbone_runs[0]:.0f} s)' if backbone_runs else ''))
+            f' (backbone {sum(backbone_calls):.0f} s so far)' if backbone_calls else ''))
     elif code in (-signal.SIGKILL, 137):
         result.update(status='OOM', note='OOM (killed by SIGKILL)')
     else:
