@@ -57,15 +57,7 @@ def trigger_visualization_hook(cfg, args, scope):
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg = vr.load_config(args.config, args.cfg_options)
-    scope = vr.config_scope(cfg)
-    vr.register_scope(scope)
-
-    cfg.launcher = args.launcher
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir') is None:
-        cfg.work_dir = vr.default_work_dir(args.config)
+    cfg, scope = vr.tool_config(args)
     cfg.load_from = vr.check_file(args.checkpoint, 'checkpoint')
     cfg.resume = False
     if args.show or args.show_dir:

@@ -73,15 +73,7 @@ def apply_auto_scale_lr(cfg):
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg = vr.load_config(args.config, args.cfg_options)
-    scope = vr.config_scope(cfg)
-    vr.register_scope(scope)
-
-    cfg.launcher = args.launcher
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir') is None:
-        cfg.work_dir = vr.default_work_dir(args.config)
+    cfg, _ = vr.tool_config(args)
 
     if args.amp:
         apply_amp(cfg)

@@ -209,6 +209,38 @@ def register_scope(scope):
     register_all_modules(init_default_scope=True)
 
 
+def scoped_config(config, cfg_options=None, scope='mmdet', hint=''):
+    """A config (path or mmengine Config, plus checked overrides) that must be of `scope`;
+    that scope's modules are registered. For the Python inference APIs."""
+    from mmengine.config import Config
+    if isinstance(config, (str, bytes)) or hasattr(config, '__fspath__'):
+        config = load_config(os.fspath(config), cfg_options)
+    elif cfg_options:
+        config = Config(config.to_dict() if hasattr(config, 'to_dict') else dict(config))
+        config.merge_from_dict(cfg_options)
+    found = config_scope(config)
+    if found != scope:
+        kind = 'detection' if scope == 'mmdet' else 'segmentation'
+        raise UserError(f'{config.filename}: default_scope={found!r}, not a {kind} config'
+                        + (f' ({hint})' if hint else ''))
+    register_scope(scope)
+    return config
+
+
+def tool_config(args):
+    """tools/train.py and tools/test.py: config + --cfg-options, registered scope, launcher
+    and work dir (--work-dir, else the config's, else work_dirs/<config name>)."""
+    cfg = load_config(args.config, args.cfg_options)
+    scope = config_scope(cfg)
+    register_scope(scope)
+    cfg.launcher = args.launcher
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = default_work_dir(args.config)
+    return cfg, scope
+
+
 def build_runner(cfg):
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner

@@ -26,19 +26,10 @@ def init_detector(config, checkpoint: Optional[str] = None, device: str = 'cpu',
     ``config`` is a path or an mmengine Config. Without a checkpoint the model keeps its random
     init (the backbone's pretrained import is skipped either way). The model gets ``.cfg``.
     """
-    from mmengine.config import Config
     from mmengine.runner import load_checkpoint
 
     from vir_dense import runner as vr
-    if isinstance(config, (str, bytes)) or hasattr(config, '__fspath__'):
-        config = vr.load_config(str(config), cfg_options)
-    elif cfg_options:
-        config = Config(config.to_dict() if hasattr(config, 'to_dict') else dict(config))
-        config.merge_from_dict(cfg_options)
-    scope = vr.config_scope(config)
-    if scope != 'mmdet':
-        raise vr.UserError(f'{config.filename}: default_scope={scope!r}, not a detection config')
-    vr.register_scope(scope)
+    config = vr.scoped_config(config, cfg_options, 'mmdet')
     from mmdet.registry import MODELS
 
     model_cfg = config.model.copy()

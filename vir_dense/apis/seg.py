@@ -68,20 +68,11 @@ def init_segmentor(config, checkpoint: Optional[str] = None, device: str = 'cpu'
 
     SyncBN layers are reverted to BatchNorm (one process, no process group).
     """
-    from mmengine.config import Config
     from mmengine.model import revert_sync_batchnorm
 
     from vir_dense import runner as vr
-    if isinstance(config, (str, bytes)) or hasattr(config, '__fspath__'):
-        config = vr.load_config(os.fspath(config), cfg_options)
-    elif cfg_options:
-        config = Config(config.to_dict() if hasattr(config, 'to_dict') else dict(config))
-        config.merge_from_dict(cfg_options)
-    scope = vr.config_scope(config)
-    if scope != 'mmseg':
-        raise vr.UserError(f'{config.filename}: default_scope={scope!r}, not a segmentation '
-                           'config (use tools/infer_det.py for detectors)')
-    vr.register_scope(scope)
+    config = vr.scoped_config(config, cfg_options, 'mmseg',
+                              hint='use tools/infer_det.py for detectors')
     from mmseg.registry import MODELS
 
     model_cfg = config.model.copy()
