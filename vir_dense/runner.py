@@ -40,6 +40,22 @@ def run_cli(main, argv=None):
     except UserError as err:
         print(f'error: {err}', file=sys.stderr)
         sys.exit(2)
+    finally:
+        shutdown_distributed()
+
+
+def shutdown_distributed():
+    """Destroy the process group before the interpreter exits. Left to the interpreter's
+    teardown, gloo's worker threads can be destroyed still joinable, and the process dies with
+    'terminate called without an active exception' (SIGABRT) after a successful run."""
+    import gc
+
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        # The Runner (reference cycles) still holds the DDP wrapper, whose reducer holds the
+        # process group: free it first so the group is really gone when destroyed.
+        gc.collect()
+        dist.destroy_process_group()
 
 
 # --------------------------------------------------------------------------------------------
