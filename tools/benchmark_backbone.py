@@ -77,23 +77,19 @@ import datetime
 import json
 import os
 import platform
-import signal
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-MARK_START = '<!-- backbone:start -->'
-MARK_END = '<!-- backbone:end -->'
+from benchlib import (GIB, MIB, REPO, cpu_name, emit, failure, is_oom, launch, limit_address_space,
+                      lift_address_space_limit, loadavg, matmul_best_seconds, mem_available,
+                      reset_peak_rss, status_bytes, write_section)
 
 # ViR-S/16 and ViT-S/16 share these dimensions.
 PATCH, DIM, DEPTH, HEADS = 16, 384, 12, 6
 HEAD_DIM = DIM // HEADS
 VIR_NAME, VIT_NAME = 'vir_small_patch16_224', 'vit_small_patch16_224'
-GIB, MIB = 1024 ** 3, 1024 ** 2
-RESULT_TAG = 'BENCH_RESULT '
 
 
 # ----------------------------------------------------------------------------------------
@@ -184,36 +180,9 @@ def estimate_memory(model, mode, size, mask, chunk, flash_attention):
     return token_tensors + states
 
 
-def mem_available():
-    """Free memory for a new process: MemAvailable, capped by a cgroup limit if there is one."""
-    avail = None
-    with open('/proc/meminfo') as f:
-        for line in f:
-            if line.startswith('MemAvailable:'):
-                avail = int(line.split()[1]) * 1024
-    try:
-        limit = Path('/sys/fs/cgroup/memory.max').read_text().strip()
-        used = int(Path('/sys/fs/cgroup/memory.current').read_text())
-        if limit != 'max':
-            avail = min(avail, int(limit) - used)
-    except (OSError, ValueError):
-        pass
-    return avail
-
-
 # ----------------------------------------------------------------------------------------
 # child processes
 # ----------------------------------------------------------------------------------------
-def _rss_bytes():
-    with open('/proc/self/statm') as f:
-        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
-
-
-def _vm_size_bytes():
-    with open('/proc/self/statm') as f:
-        return int(f.read().split()[0]) * os.sysconf('SC_PAGE_SIZE')
-
-
 def _sched_times():
     """(on-CPU, runnable-but-waiting) nanoseconds summed over this process's threads."""
     run = wait = 0
@@ -225,10 +194,6 @@ def _sched_times():
     except (OSError, ValueError, IndexError):
         return None
     return run, wait
-
-
-def _emit(**record):
-    print(RESULT_TAG + json.dumps(record), flush=True)
 
 
 def _import_vir_models():
@@ -251,28 +216,13 @@ def _import_vir_models():
         import vir_dense.models  # noqa: F401
 
 
-def _is_oom(error):
-    text = str(error).lower()
-    return isinstance(error, MemoryError) or any(
-        s in text for s in ("can't allocate memory", 'not enough memory', 'out of memory',
-                            'cannot allocate memory', 'std::bad_alloc'))
-
-
 def child_probe(cfg):
     """Machine facts: versions, threads, fp32 matmul GFLOP/s, the CPU SDPA kernel of ViT-S."""
     import torch
     import timm
     torch.set_num_threads(cfg['threads'])
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    out = torch.empty(2048, 2048)
-    for _ in range(3):
-        torch.mm(a, b, out=out)
-    best = float('inf')
     sched_start = _sched_times()
-    for _ in range(10):
-        start = time.perf_counter()
-        torch.mm(a, b, out=out)
-        best = min(best, time.perf_counter() - start)
+    best = matmul_best_seconds()
     gflops = 2 * 2048 ** 3 / best / 1e9
     sched_end = _sched_times()
     cpu_wait = None
@@ -286,18 +236,10 @@ def child_probe(cfg):
         torch.nn.functional.scaled_dot_product_attention(q, q, q)
     kernels = sorted({e.key for e in prof.key_averages()
                       if 'attention' in e.key and e.key != 'aten::scaled_dot_product_attention'})
-    cpu = platform.processor()
-    try:
-        for line in Path('/proc/cpuinfo').read_text().splitlines():
-            if line.startswith('model name'):
-                cpu = line.split(':', 1)[1].strip()
-                break
-    except OSError:
-        pass
-    _emit(status='ok', torch=torch.__version__, timm=timm.__version__,
-          threads=torch.get_num_threads(), matmul_gflops=gflops, matmul_best_s=best,
-          matmul_cpu_wait=cpu_wait,
-          sdpa_kernels=kernels, cpu=cpu, cores=os.cpu_count(), python=platform.python_version())
+    emit(status='ok', torch=torch.__version__, timm=timm.__version__,
+         threads=torch.get_num_threads(), matmul_gflops=gflops, matmul_best_s=best,
+         matmul_cpu_wait=cpu_wait, sdpa_kernels=kernels, cpu=cpu_name(), cores=os.cpu_count(),
+         python=platform.python_version())
 
 
 def child_run(cfg):
@@ -321,19 +263,12 @@ def child_run(cfg):
     forward = model if cfg['classifier'] else model.forward_features
     x = torch.randn(1, 3, cfg['size'], cfg['size'])
     gc.collect()
-    rss_build = _rss_bytes()
-    try:  # peak RSS from here on (Linux >= 4.0); else ru_maxrss also covers the build
-        with open('/proc/self/clear_refs', 'w') as f:
-            f.write('5')
-        hwm_reset = True
-    except OSError:
-        hwm_reset = False
+    rss_build = status_bytes('VmRSS')
+    hwm_reset = reset_peak_rss()  # else ru_maxrss also covers the build
     if cfg.get('mem_budget'):
-        # Fail inside torch rather than through the kernel OOM killer: address space now, plus
-        # the activation budget, plus 1.5 GiB for mappings that are reserved but not touched.
-        limit = _vm_size_bytes() + max(0, cfg['mem_budget'] - rss_build) + int(1.5 * GIB)
-        resource.setrlimit(resource.RLIMIT_AS, (limit, resource.RLIM_INFINITY))
-    _emit(event='built', rss_build=rss_build, info=info)
+        # The activation budget plus 1.5 GiB for mappings that are reserved but not touched.
+        limit_address_space(max(0, cfg['mem_budget'] - rss_build) + 1.5 * GIB)
+    emit(event='built', rss_build=rss_build, info=info)
 
     deadline = started + cfg['timeout']
     times = []
@@ -342,7 +277,7 @@ def child_run(cfg):
             start = time.perf_counter()
             forward(x)
             warmup = time.perf_counter() - start
-            _emit(event='warmup', seconds=warmup)
+            emit(event='warmup', seconds=warmup)
             left = deadline - time.perf_counter()
             repeats = max(1, min(cfg['repeats'], int(0.85 * left / max(warmup, 1e-9))))
             sched_start = _sched_times()
@@ -350,11 +285,11 @@ def child_run(cfg):
                 start = time.perf_counter()
                 forward(x)
                 times.append(time.perf_counter() - start)
-                _emit(event='repeat', seconds=times[-1])
+                emit(event='repeat', seconds=times[-1])
     except (RuntimeError, MemoryError) as error:
-        if _is_oom(error):
-            _emit(status='OOM', error=str(error).splitlines()[0][:200], rss_build=rss_build,
-                  info=info)
+        if is_oom(error):
+            emit(status='OOM', error=str(error).splitlines()[0][:200], rss_build=rss_build,
+                 info=info)
             return
         raise
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -367,7 +302,7 @@ def child_run(cfg):
                   times_s=times, warmup_s=warmup, repeats=len(times), rss_build=rss_build,
                   peak_total=peak, peak_activation=peak - rss_build, hwm_reset=hwm_reset,
                   cpu_wait=cpu_wait, info=info)
-    resource.setrlimit(resource.RLIMIT_AS, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    lift_address_space_limit()
     if cfg.get('check_flops'):
         from torch.utils.flop_counter import FlopCounterMode
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
@@ -379,31 +314,14 @@ def child_run(cfg):
             forward(x)
         print(prof.key_averages().table(sort_by='self_cpu_time_total', row_limit=15),
               file=sys.stderr, flush=True)
-    _emit(**record)
+    emit(**record)
 
 
 # ----------------------------------------------------------------------------------------
 # parent: launch, guard, collect
 # ----------------------------------------------------------------------------------------
-def launch(kind, cfg, timeout, python):
-    """Run a child; return (records, returncode or 'timeout', stderr tail)."""
-    cmd = [python, str(Path(__file__).resolve()), '--_child', kind, json.dumps(cfg)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, cwd=str(REPO))
-    try:
-        out, err = proc.communicate(timeout=timeout)
-        code = proc.returncode
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # the child's own session: only what we started
-        out, err = proc.communicate()
-        code = 'timeout'
-    records = [json.loads(line[len(RESULT_TAG):]) for line in out.splitlines()
-               if line.startswith(RESULT_TAG)]
-    return records, code, err
-
-
 def run_config(cfg, args, python):
-    records, code, err = launch('run', cfg, args.timeout, python)
+    records, code, err = launch(__file__, 'run', cfg, args.timeout, python)
     final = next((r for r in reversed(records) if 'status' in r), None)
     built = next((r for r in records if r.get('event') == 'built'), {})
     warm = next((r for r in records if r.get('event') == 'warmup'), None)
@@ -414,17 +332,10 @@ def run_config(cfg, args, python):
     if final is not None:
         result.update(final)
         return result
-    if code == 'timeout':
-        note = f'timeout > {args.timeout:g}s'
-        if warm:
-            note += f' (1st forward {warm["seconds"]:.1f}s)'
-            result['first_forward_s'] = warm['seconds']
-        result.update(status='timeout', note=note)
-    elif code in (-signal.SIGKILL, 137):
-        result.update(status='OOM', note='OOM (killed by SIGKILL, likely the OOM killer)')
-    else:
-        last = [line for line in err.strip().splitlines() if line.strip()]
-        result.update(status='error', note=f'error (rc {code}): {last[-1][:160] if last else "?"}')
+    result.update(failure(code, err, args.timeout))
+    if code == 'timeout' and warm:
+        result['note'] += f' (1st forward {warm["seconds"]:.1f} s)'
+        result['first_forward_s'] = warm['seconds']
     return result
 
 
@@ -779,29 +690,6 @@ def plot(results, path):
     return True
 
 
-def write_section(path, body):
-    """Replace (or append) only the text between the backbone markers of `path`."""
-    path = Path(path)
-    text = path.read_text() if path.exists() else '# Benchmarks\n'
-    section = f'{MARK_START}\n{body.rstrip()}\n{MARK_END}'
-    start, end = text.find(MARK_START), text.find(MARK_END)
-    if start != -1 and end != -1 and end > start:
-        text = text[:start] + section + text[end + len(MARK_END):]
-    else:
-        text = text.rstrip('\n') + '\n\n' + section + '\n'
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + '.tmp-backbone')
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _loadavg():
-    try:
-        return float(Path('/proc/loadavg').read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 def command_line(argv):
     return 'python tools/benchmark_backbone.py' + ''.join(f' {a}' for a in argv)
 
@@ -906,11 +794,11 @@ def main(argv=None):
     args = parse_args(argv)
     python = sys.executable
     started = time.time()
-    records, code, err = launch('probe', {'threads': args.threads}, 300, python)
+    records, code, err = launch(__file__, 'probe', {'threads': args.threads}, 300, python)
     if not records:
         sys.exit(f'machine probe failed (rc {code}):\n{err}')
     machine = records[-1]
-    machine['load_start'] = _loadavg()
+    machine['load_start'] = loadavg()
     print(f'torch {machine["torch"]}, {machine["threads"]} threads, fp32 matmul '
           f'{machine["matmul_gflops"]:.1f} GFLOP/s, SDPA kernel {machine["sdpa_kernels"]}',
           flush=True)
@@ -918,11 +806,11 @@ def main(argv=None):
     # The matmul peak again at the end (a busy moment at the start would understate it): the
     # better of the two probes is the reference.
     first = machine['matmul_gflops']
-    again, _, _ = launch('probe', {'threads': args.threads}, 300, python)
+    again, _, _ = launch(__file__, 'probe', {'threads': args.threads}, 300, python)
     if again and again[-1]['matmul_gflops'] > machine['matmul_gflops']:
         machine.update(matmul_gflops=again[-1]['matmul_gflops'],
                        matmul_best_s=again[-1]['matmul_best_s'])
-    machine['load_end'] = _loadavg()
+    machine['load_end'] = loadavg()
     machine['matmul_probes'] = [first] + (
         [again[-1]['matmul_gflops']] if again else [])
     machine['matmul_probe_waits'] = [records[-1].get('matmul_cpu_wait')] + (
@@ -940,7 +828,7 @@ def main(argv=None):
         Path(args.json).write_text(json.dumps({'machine': machine, 'results': results},
                                               indent=1, default=str))
     if not args.no_write:
-        write_section(args.md, body)
+        write_section(args.md, body, 'backbone')
         wrote_plot = plot(results, args.plot)
         print(f'\nwrote the backbone section of {args.md}'
               + (f' and {args.plot}' if wrote_plot else ''))

@@ -47,20 +47,16 @@ import argparse
 import datetime
 import json
 import os
-import platform
-import signal
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from benchlib import (GIB, REPO, cpu_name, emit, failure, is_oom, launch, limit_address_space,
+                      matmul_best_seconds, mem_available, reset_peak_rss, status_bytes,
+                      write_section)
+
 CONFIG = REPO / 'configs' / 'upernet_vir_s_ade20k.py'
-MARK_START = '<!-- highres:start -->'
-MARK_END = '<!-- highres:end -->'
-RESULT_TAG = '@@highres@@ '
-GIB = 1 << 30
 
 CONFIGS = {
     'vir_chunkwise': dict(backbone='vir', retention='chunkwise', mode='whole',
@@ -117,45 +113,9 @@ def estimate_memory(name, size, chunk):
     return base + image + _window_bytes(size, cfg['backbone'], cfg['retention'], chunk) + band
 
 
-def mem_available():
-    """Memory free for a new process: MemAvailable, capped by a cgroup limit if any."""
-    avail = None
-    with open('/proc/meminfo') as f:
-        for line in f:
-            if line.startswith('MemAvailable:'):
-                avail = int(line.split()[1]) * 1024
-    try:
-        limit = Path('/sys/fs/cgroup/memory.max').read_text().strip()
-        if limit != 'max':
-            used = int(Path('/sys/fs/cgroup/memory.current').read_text())
-            avail = min(avail, int(limit) - used)
-    except (OSError, ValueError):
-        pass
-    return avail
-
-
 # --------------------------------------------------------------------------------------------
 # Child processes
 # --------------------------------------------------------------------------------------------
-def _emit(**record):
-    print(RESULT_TAG + json.dumps(record), flush=True)
-
-
-def _status_kb(field):
-    with open('/proc/self/status') as f:
-        for line in f:
-            if line.startswith(field + ':'):
-                return int(line.split()[1]) * 1024
-    return None
-
-
-def _is_oom(error):
-    text = str(error).lower()
-    return isinstance(error, MemoryError) or any(s in text for s in (
-        "can't allocate memory", 'cannot allocate memory', 'not enough memory',
-        'out of memory', 'std::bad_alloc'))
-
-
 def _register_timm_vit():
     """`TimmViTTaps`: timm ViT-S giving the same four tapped, rescaled maps as ViR's taps."""
     import timm
@@ -194,25 +154,9 @@ def child_probe(cfg):
     """fp32 2048^3 matmul GFLOP/s (best of 10) with the benchmark's thread count."""
     import torch
     torch.set_num_threads(cfg['threads'])
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    out = torch.empty(2048, 2048)
-    for _ in range(3):
-        torch.mm(a, b, out=out)
-    best = float('inf')
-    for _ in range(10):
-        start = time.perf_counter()
-        torch.mm(a, b, out=out)
-        best = min(best, time.perf_counter() - start)
-    cpu = platform.processor()
-    try:
-        for line in Path('/proc/cpuinfo').read_text().splitlines():
-            if line.startswith('model name'):
-                cpu = line.split(':', 1)[1].strip()
-                break
-    except OSError:
-        pass
-    _emit(status='ok', gflops=2 * 2048 ** 3 / best / 1e9, threads=torch.get_num_threads(),
-          torch=torch.__version__, cpu=cpu, cores=os.cpu_count())
+    gflops = 2 * 2048 ** 3 / matmul_best_seconds() / 1e9
+    emit(status='ok', gflops=gflops, threads=torch.get_num_threads(), torch=torch.__version__,
+         cpu=cpu_name(), cores=os.cpu_count())
 
 
 def child_run(cfg):
@@ -250,17 +194,11 @@ def child_run(cfg):
                       pipeline=pipeline)  # warm-up: kernels, caches
     image = rng.integers(0, 256, (cfg['size'], cfg['size'], 3), dtype=np.uint8)
     gc.collect()
-    rss_before = _status_kb('VmRSS')
-    try:
-        with open('/proc/self/clear_refs', 'w') as f:
-            f.write('5')  # reset VmHWM: the peak below is the segmentation's own
-        hwm_reset = True
-    except OSError:
-        hwm_reset = False
+    rss_before = status_bytes('VmRSS')
+    hwm_reset = reset_peak_rss()  # the peak below is the segmentation's own
     if cfg.get('mem_budget'):
-        limit = _status_kb('VmSize') + cfg['mem_budget'] + GIB // 2
-        resource.setrlimit(resource.RLIMIT_AS, (limit, resource.RLIM_INFINITY))
-    _emit(event='built', rss_before=rss_before, info=info)
+        limit_address_space(cfg['mem_budget'] + GIB // 2)
+    emit(event='built', rss_before=rss_before, info=info)
     # The backbone's share of each run, timed by forward hooks (summed over the windows in
     # slide mode).
     backbone_calls, backbone_times, starts = [], [], []
@@ -268,7 +206,7 @@ def child_run(cfg):
 
     def backbone_done(*_):
         backbone_calls.append(time.perf_counter() - starts[-1])
-        _emit(event='backbone', seconds=backbone_calls[-1])
+        emit(event='backbone', seconds=backbone_calls[-1])
 
     backbone.register_forward_hook(backbone_done)
     times = []
@@ -280,46 +218,30 @@ def child_run(cfg):
                 labels = segment_array(model, image, pipeline=pipeline)
                 times.append(time.perf_counter() - start)
                 backbone_times.append(sum(backbone_calls))
-                _emit(event='run', seconds=times[-1])
+                emit(event='run', seconds=times[-1])
                 del labels
                 if len(times) >= cfg['repeats'] or times[-1] > 20:
                     break
     except (RuntimeError, MemoryError) as error:
-        if _is_oom(error):
-            _emit(status='OOM', note=str(error).splitlines()[0][:200], info=info)
+        if is_oom(error):
+            emit(status='OOM', note=str(error).splitlines()[0][:200], info=info)
             return
         raise
-    peak = _status_kb('VmHWM') or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    _emit(status='ok', latency_s=statistics.median(times), times_s=times, peak=peak,
-          backbone_s=statistics.median(backbone_times) if backbone_times else None,
-          act=peak - rss_before, rss_before=rss_before, hwm_reset=hwm_reset, info=info)
+    peak = status_bytes('VmHWM') or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    emit(status='ok', latency_s=statistics.median(times), times_s=times, peak=peak,
+         backbone_s=statistics.median(backbone_times) if backbone_times else None,
+         act=peak - rss_before, rss_before=rss_before, hwm_reset=hwm_reset, info=info)
 
 
 # --------------------------------------------------------------------------------------------
 # Parent
 # --------------------------------------------------------------------------------------------
-def launch(kind, cfg, timeout):
-    cmd = [sys.executable, str(Path(__file__).resolve()), '--_child', kind, json.dumps(cfg)]
-    env = dict(os.environ, PYTHONWARNINGS='ignore')
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, cwd=str(REPO), env=env)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-        code = proc.returncode
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # the child's own session: only what we started
-        out, err = proc.communicate()
-        code = 'timeout'
-    records = [json.loads(line[len(RESULT_TAG):]) for line in out.splitlines()
-               if line.startswith(RESULT_TAG)]
-    return records, code, err
-
-
 def run_one(name, size, args, budget):
     cfg = dict(name=name, size=size, chunk=args.chunk_size, threads=args.threads,
                repeats=args.repeats, mem_budget=budget)
     started = time.perf_counter()
-    records, code, err = launch('run', cfg, args.timeout)
+    records, code, err = launch(__file__, 'run', cfg, args.timeout,
+                                env=dict(PYTHONWARNINGS='ignore'))
     result = dict(name=name, size=size, wall_s=time.perf_counter() - started)
     final = next((r for r in reversed(records) if 'status' in r), None)
     if final is not None:
@@ -332,22 +254,18 @@ def run_one(name, size, args, budget):
     backbone_calls = [r['seconds'] for r in records[:first_run] if r.get('event') == 'backbone']
     if backbone_calls:
         result['backbone_s'] = sum(backbone_calls)
+    result.update(failure(code, err, args.timeout))
     if code == 'timeout':
-        result.update(status='timeout', timeout_s=args.timeout,
-                      note=f'timeout > {args.timeout:g} s' + (
-            f' (1st run {runs[0]:.0f} s)' if runs else '') + (
-            f' (backbone {sum(backbone_calls):.0f} s so far)' if backbone_calls else ''))
-    elif code in (-signal.SIGKILL, 137):
-        result.update(status='OOM', note='OOM (killed by SIGKILL)')
-    else:
-        lines = [line for line in err.strip().splitlines() if line.strip()]
-        result.update(status='error', note=f'error (rc {code}): '
-                                           f'{lines[-1][:160] if lines else "?"}')
+        result['timeout_s'] = args.timeout
+        if runs:
+            result['note'] += f' (1st run {runs[0]:.0f} s)'
+        if backbone_calls:
+            result['note'] += f' (backbone {sum(backbone_calls):.0f} s so far)'
     return result
 
 
 def run_all(args):
-    probe, _, _ = launch('probe', dict(threads=args.threads), 300)
+    probe, _, _ = launch(__file__, 'probe', dict(threads=args.threads), 300)
     machine = probe[-1] if probe else dict(gflops=float('nan'), threads=args.threads)
     print(f'fp32 matmul: {machine.get("gflops", float("nan")):.1f} GFLOP/s with '
           f'{machine.get("threads")} threads', flush=True)
@@ -373,7 +291,7 @@ def run_all(args):
                 failed.add(name)
             print(f'\r  {CONFIGS[name]["label"]:<32} {size:>5}px  {cell(result)}', flush=True)
             results.append(result)
-    probe, _, _ = launch('probe', dict(threads=args.threads), 300)
+    probe, _, _ = launch(__file__, 'probe', dict(threads=args.threads), 300)
     machine['gflops_end'] = probe[-1]['gflops'] if probe else float('nan')
     return results, machine
 
@@ -473,22 +391,6 @@ def target_checks(results, sizes):
                      f'target "several times slower" (>= 3x end to end) '
                      f'{"met" if ratio >= 3 else "NOT met"}.')
     return lines
-
-
-def write_section(path, body):
-    """Replace (or append) only the text between this script's markers in `path`."""
-    path = Path(path)
-    text = path.read_text() if path.exists() else '# Benchmarks\n'
-    section = f'{MARK_START}\n{body.rstrip()}\n{MARK_END}'
-    start, end = text.find(MARK_START), text.find(MARK_END)
-    if start != -1 and end > start:
-        text = text[:start] + section + text[end + len(MARK_END):]
-    else:
-        text = text.rstrip('\n') + '\n\n' + section + '\n'
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + '.tmp-highres')
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def plot(results, names, path):
@@ -591,7 +493,7 @@ def main(argv=None):
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(dict(machine=machine, results=results), indent=1))
     if not args.no_write:
-        write_section(args.out, body)
+        write_section(args.out, body, 'highres')
         plotted = plot(results, args.configs, args.plot)
         print(f'\nwrote {args.out}' + (f' and {args.plot}' if plotted else ''))
     return 0

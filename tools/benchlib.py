@@ -1,0 +1,165 @@
+"""What the benchmark scripts share (tools/benchmark_*.py).
+
+Each configuration runs in a fresh child process, so its memory numbers are its own: the
+parent never imports torch, launches `SCRIPT --_child KIND JSON` and reads the JSON records
+the child prints with `emit`. The rest measures the machine (free memory, CPU name, matmul
+speed), turns a child that died into a status, and rewrites one marked section of a Markdown
+file, leaving the rest of it alone.
+"""
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULT_TAG = '@@bench@@ '
+GIB, MIB = 1 << 30, 1 << 20
+
+
+# --------------------------------------------------------------------------------------------
+# Parent side
+# --------------------------------------------------------------------------------------------
+def launch(script, kind, cfg, timeout, python=None, env=None):
+    """Run `script --_child kind cfg` in its own session; (records, returncode or 'timeout',
+    stderr). A child past `timeout` seconds is killed with everything it started."""
+    cmd = [python or sys.executable, str(script), '--_child', kind, json.dumps(cfg)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, cwd=str(REPO),
+                            env=dict(os.environ, **(env or {})))
+    try:
+        out, err = proc.communicate(timeout=timeout)
+        code = proc.returncode
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        code = 'timeout'
+    records = [json.loads(line[len(RESULT_TAG):]) for line in out.splitlines()
+               if line.startswith(RESULT_TAG)]
+    return records, code, err
+
+
+def failure(code, err, timeout):
+    """Status and note of a child that ended without a final record."""
+    if code == 'timeout':
+        return dict(status='timeout', note=f'timeout > {timeout:g} s')
+    if code in (-signal.SIGKILL, 137):
+        return dict(status='OOM', note='OOM (killed by SIGKILL, likely the OOM killer)')
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    return dict(status='error', note=f'error (rc {code}): {lines[-1][:160] if lines else "?"}')
+
+
+def mem_available():
+    """Memory free for a new process: MemAvailable, capped by a cgroup limit if any."""
+    avail = None
+    with open('/proc/meminfo') as f:
+        for line in f:
+            if line.startswith('MemAvailable:'):
+                avail = int(line.split()[1]) * 1024
+    try:
+        limit = Path('/sys/fs/cgroup/memory.max').read_text().strip()
+        if limit != 'max':
+            used = int(Path('/sys/fs/cgroup/memory.current').read_text())
+            avail = min(avail, int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return avail
+
+
+def loadavg():
+    try:
+        return float(Path('/proc/loadavg').read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def cpu_name():
+    try:
+        for line in Path('/proc/cpuinfo').read_text().splitlines():
+            if line.startswith('model name'):
+                return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def write_section(path, body, name):
+    """Replace (or append) the text between `<!-- name:start -->` and `<!-- name:end -->`
+    in `path`, atomically."""
+    start_mark, end_mark = f'<!-- {name}:start -->', f'<!-- {name}:end -->'
+    path = Path(path)
+    text = path.read_text() if path.exists() else '# Benchmarks\n'
+    section = f'{start_mark}\n{body.rstrip()}\n{end_mark}'
+    start, end = text.find(start_mark), text.find(end_mark)
+    if start != -1 and end > start:
+        text = text[:start] + section + text[end + len(end_mark):]
+    else:
+        text = text.rstrip('\n') + '\n\n' + section + '\n'
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f'{path.name}.tmp-{name}')
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------------------------
+# Child side
+# --------------------------------------------------------------------------------------------
+def emit(**record):
+    print(RESULT_TAG + json.dumps(record), flush=True)
+
+
+def status_bytes(field):
+    """A /proc/self/status size (VmRSS, VmHWM, VmSize) in bytes, or None."""
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith(field + ':'):
+                return int(line.split()[1]) * 1024
+    return None
+
+
+def reset_peak_rss():
+    """Reset VmHWM (Linux >= 4.0) so the peak read later is what follows; False if not
+    possible (then the peak also covers the import and build phase)."""
+    try:
+        with open('/proc/self/clear_refs', 'w') as f:
+            f.write('5')
+        return True
+    except OSError:
+        return False
+
+
+def limit_address_space(extra_bytes):
+    """Let an oversized allocation fail inside torch ("OOM") instead of waking the kernel's
+    OOM killer on a shared machine: address space now plus `extra_bytes`."""
+    import resource
+    limit = status_bytes('VmSize') + int(extra_bytes)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, resource.RLIM_INFINITY))
+
+
+def lift_address_space_limit():
+    import resource
+    resource.setrlimit(resource.RLIMIT_AS, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+
+
+def is_oom(error):
+    text = str(error).lower()
+    return isinstance(error, MemoryError) or any(s in text for s in (
+        "can't allocate memory", 'cannot allocate memory', 'not enough memory',
+        'out of memory', 'std::bad_alloc'))
+
+
+def matmul_best_seconds(size=2048, repeats=10):
+    """Best time of a size^3 fp32 torch.mm (after 3 warm-ups): the machine's matmul peak."""
+    import torch
+    a, b, out = torch.randn(size, size), torch.randn(size, size), torch.empty(size, size)
+    for _ in range(3):
+        torch.mm(a, b, out=out)
+    best = float('inf')
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b, out=out)
+        best = min(best, time.perf_counter() - start)
+    return best
