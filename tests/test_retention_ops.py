@@ -41,12 +41,14 @@ def test_every_form_matches_naive_float64(mask, grid, cls_token):
     q, k, v = _qkv(grid[0] * grid[1] + cls_token, torch.float64)
     gamma = decay_gammas(3)
     reference = retention_naive(q, k, v, gamma, mask, grid, cls_token)
-    for mode, chunk_size in FORMS:
-        out = retention(q, k, v, mask=mask, mode=mode, grid=grid, cls_token=cls_token,
-                        chunk_size=chunk_size or 64)
+    # Without autograd the chunkwise form updates its states and outputs in place.
+    for (mode, chunk_size), grad in itertools.product(FORMS, [True, False]):
+        with torch.set_grad_enabled(grad):
+            out = retention(q, k, v, mask=mask, mode=mode, grid=grid, cls_token=cls_token,
+                            chunk_size=chunk_size or 64)
         assert out.dtype == torch.float64
         torch.testing.assert_close(out, reference, rtol=0, atol=1e-10,
-                                   msg=f'{mode} chunk={chunk_size}')
+                                   msg=f'{mode} chunk={chunk_size} grad={grad}')
 
 
 @pytest.mark.parametrize('mask,grid,cls_token',
@@ -196,15 +198,20 @@ def test_chunkwise_memory_has_no_token_by_token_matrix():
     assert max(largest) < num_tokens * num_tokens / 8
 
 
+@pytest.mark.parametrize('grad', [True, False], ids=['autograd', 'in_place'])
 @pytest.mark.parametrize('causal', [True, False])
 @pytest.mark.parametrize('gamma', [[0.96875, 0.998], [0.01, 0.2]], ids=['vir', 'underflow'])
-def test_column_mixing_scan_equals_the_matrix_product(causal, gamma):
-    """The O(C d^2) rescaled-cumsum mixing equals Dx @ C (incl. its fallback for tiny gamma^C)."""
+def test_column_mixing_scan_equals_the_matrix_product(causal, gamma, grad):
+    """The O(C d^2) scan mixing equals Dx @ C, also where gamma^C underflows, in both of its
+    code paths (out of place under autograd, in place without)."""
     from vir_dense.ops.retention.chunkwise import mix_columns
     from vir_dense.ops.retention.decay import decay_matrix
     gamma = torch.tensor(gamma, dtype=torch.float64)
     columns = torch.randn(2, 2, 300, 3, 3, dtype=torch.float64)
     expected = torch.einsum('hxz,bhzde->bhxde', decay_matrix(gamma, 300, causal, torch.float64),
                             columns)
-    torch.testing.assert_close(mix_columns(columns, gamma, causal), expected, rtol=1e-9,
-                               atol=1e-9)
+    before = columns.clone()
+    with torch.set_grad_enabled(grad):
+        mixed = mix_columns(columns, gamma, causal)
+    torch.testing.assert_close(mixed, expected, rtol=1e-9, atol=1e-9)
+    assert torch.equal(columns, before)  # the states it mixes are left as they were
