@@ -52,13 +52,14 @@ patches and T = N + 1 tokens (class token):
                                                 masks' zeros are multiplied too)
   ViR-S chunkwise       + L * sum over streamed pieces p (n_p tokens, C = g_c columns):
                           4 n_p^2 D                       intra-chunk (dense, like parallel)
-                        + 2 H C^2 d^2   [not 1st piece]   column mixing Dx @ states
                         + 2 n_p D d     [not 1st piece]   cross term q . mixed states
                         + 2 n_p D d                       state update k^T v
                         (causal masks stream chunks of max(1, chunk // C) whole rows and then the
                         class-token row as its own piece; bidirectional masks run
                         retention_chunkwise block by block: a top-down pass as above plus a
-                        bottom-up pass without the intra-chunk part)
+                        bottom-up pass without the intra-chunk part; mixing the C column states
+                        before each cross term is a scan of elementwise multiply-adds,
+                        O(H C d^2) per piece, so it is not counted)
   ViR-S recurrent       + L * per grid cell 2 H d^2 (k^T v into the column state) and per token
                         2 H d^2 (q . state)  (bidirectional: four row scans per cell).
 This matches torch.utils.flop_counter.FlopCounterMode on the ViR paths (`--check-flops` prints
@@ -131,7 +132,6 @@ def count_flops(model, mode, size, mask='causal_2d', chunk=256):
     rows, cols = layout_of(size, mask)
     causal = mask.startswith('causal')
     state_read = 2 * HEADS * HEAD_DIM * HEAD_DIM            # per token: q . (d x d)
-    mixing = 2 * HEADS * cols * cols * HEAD_DIM * HEAD_DIM  # per piece: Dx @ column states
     per_block = 0
     if mode == 'chunkwise':
         per_chunk = chunk_rows(chunk, size, mask)
@@ -140,17 +140,17 @@ def count_flops(model, mode, size, mask='causal_2d', chunk=256):
             for index, n in enumerate(pieces):
                 per_block += 4 * n * n * DIM + 2 * n * DIM * HEAD_DIM
                 if index:
-                    per_block += mixing + 2 * n * DIM * HEAD_DIM
+                    per_block += 2 * n * DIM * HEAD_DIM
         else:  # block by block on the extended grid (class-token row inside the last chunk)
             pieces = [r * cols for r in _chunk_pieces(rows + 1, per_chunk)]
             for index, n in enumerate(pieces):  # top-down, with the intra-chunk part
                 per_block += 4 * n * n * DIM + 2 * n * DIM * HEAD_DIM
                 if index:
-                    per_block += mixing + 2 * n * DIM * HEAD_DIM
+                    per_block += 2 * n * DIM * HEAD_DIM
             for index, n in enumerate(reversed(pieces)):  # bottom-up, rows below only
                 per_block += 2 * n * DIM * HEAD_DIM
                 if index:
-                    per_block += mixing + 2 * n * DIM * HEAD_DIM
+                    per_block += 2 * n * DIM * HEAD_DIM
     elif mode == 'recurrent':
         cells = (rows + 1) * cols  # extended grid (the class-token row)
         if causal:  # streamed token by token; the class-token row's empty cells only decay
