@@ -26,7 +26,8 @@ GIB, MIB = 1 << 30, 1 << 20
 def launch(script, kind, cfg, timeout, python=None, env=None):
     """Run `script --_child kind cfg` in its own session; (records, returncode or 'timeout',
     stderr). A child past `timeout` seconds is killed with everything it started."""
-    cmd = [python or sys.executable, str(script), '--_child', kind, json.dumps(cfg)]
+    cmd = [python or sys.executable, str(Path(script).resolve()), '--_child', kind,
+           json.dumps(cfg)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True, cwd=str(REPO),
                             env=dict(os.environ, **(env or {})))
@@ -151,8 +152,9 @@ def is_oom(error):
         'out of memory', 'std::bad_alloc'))
 
 
-def matmul_best_seconds(size=2048, repeats=10):
-    """Best time of a size^3 fp32 torch.mm (after 3 warm-ups): the machine's matmul peak."""
+def matmul_speed(size=2048, repeats=10):
+    """(GFLOP/s, seconds) of the best of `repeats` size^3 fp32 torch.mm after 3 warm-ups: the
+    machine's matmul peak."""
     import torch
     a, b, out = torch.randn(size, size), torch.randn(size, size), torch.empty(size, size)
     for _ in range(3):
@@ -162,4 +164,4 @@ def matmul_best_seconds(size=2048, repeats=10):
         start = time.perf_counter()
         torch.mm(a, b, out=out)
         best = min(best, time.perf_counter() - start)
-    return best
+    return 2 * size ** 3 / best / 1e9, best

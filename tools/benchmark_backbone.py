@@ -84,7 +84,7 @@ import time
 from pathlib import Path
 
 from benchlib import (GIB, MIB, REPO, cpu_name, emit, failure, is_oom, launch, limit_address_space,
-                      lift_address_space_limit, loadavg, matmul_best_seconds, mem_available,
+                      lift_address_space_limit, loadavg, matmul_speed, mem_available,
                       reset_peak_rss, status_bytes, write_section)
 
 # ViR-S/16 and ViT-S/16 share these dimensions.
@@ -222,8 +222,7 @@ def child_probe(cfg):
     import timm
     torch.set_num_threads(cfg['threads'])
     sched_start = _sched_times()
-    best = matmul_best_seconds()
-    gflops = 2 * 2048 ** 3 / best / 1e9
+    gflops, best = matmul_speed()
     sched_end = _sched_times()
     cpu_wait = None
     if sched_start and sched_end:
