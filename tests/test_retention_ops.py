@@ -198,20 +198,39 @@ def test_chunkwise_memory_has_no_token_by_token_matrix():
     assert max(largest) < num_tokens * num_tokens / 8
 
 
-@pytest.mark.parametrize('grad', [True, False], ids=['autograd', 'in_place'])
-@pytest.mark.parametrize('causal', [True, False])
+@pytest.mark.parametrize('kind', ['causal', 'anticausal', 'symmetric', 'causal_strict',
+                                  'anticausal_strict'])
 @pytest.mark.parametrize('gamma', [[0.96875, 0.998], [0.01, 0.2]], ids=['vir', 'underflow'])
-def test_column_mixing_scan_equals_the_matrix_product(causal, gamma, grad):
-    """The O(C d^2) scan mixing equals Dx @ C, also where gamma^C underflows, in both of its
-    code paths (out of place under autograd, in place without)."""
-    from vir_dense.ops.retention.chunkwise import mix_columns
-    from vir_dense.ops.retention.decay import decay_matrix
+def test_decay_sums_equal_the_matrix_product(kind, gamma):
+    """Direct (short axes) and blocked (long axes, also lengths that are not whole blocks)
+    decay sums equal the dense weight matrix written from the definition, also where powers
+    of gamma underflow."""
+    from vir_dense.ops.retention.decay_sum import BLOCK, DIRECT_MAX, decay_sum
     gamma = torch.tensor(gamma, dtype=torch.float64)
-    columns = torch.randn(2, 2, 300, 3, 3, dtype=torch.float64)
-    expected = torch.einsum('hxz,bhzde->bhxde', decay_matrix(gamma, 300, causal, torch.float64),
-                            columns)
-    before = columns.clone()
-    with torch.set_grad_enabled(grad):
-        mixed = mix_columns(columns, gamma, causal)
-    torch.testing.assert_close(mixed, expected, rtol=1e-9, atol=1e-9)
-    assert torch.equal(columns, before)  # the states it mixes are left as they were
+    for length in [1, 7, DIRECT_MAX, DIRECT_MAX + 1, 5 * BLOCK, 40 * BLOCK + 3]:
+        i = torch.arange(length, dtype=torch.float64)[:, None]
+        j = torch.arange(length, dtype=torch.float64)[None, :]
+        exponent = {'causal': i - j, 'anticausal': j - i, 'symmetric': (i - j).abs(),
+                    'causal_strict': i - j - 1, 'anticausal_strict': j - i - 1}[kind]
+        weights = torch.where(exponent >= 0, gamma[:, None, None] ** exponent.clamp(min=0),
+                              torch.zeros(()))
+        x = torch.randn(2, 2, 3, length, 5, dtype=torch.float64)
+        expected = torch.einsum('hij,bhmjk->bhmik', weights, x)
+        torch.testing.assert_close(decay_sum(x, gamma, kind), expected, rtol=1e-10,
+                                   atol=1e-12, msg=f'length {length}')
+
+
+@pytest.mark.parametrize('mask', list(MASKS))
+def test_wide_grids_and_many_chunks_match_naive(mask):
+    """Grids wider than one column block (blocked column mixing) and with more chunks than
+    one chunk-carry matrix of the small tests, in both autograd and no-grad paths."""
+    grid = (9, 70)
+    q, k, v = _qkv(grid[0] * grid[1] + 1, torch.float64, heads=2, dim=4, batch=1)
+    gamma = torch.tensor([0.7, 0.99], dtype=torch.float64)
+    reference = retention_naive(q, k, v, gamma, mask, grid, True)
+    for chunk_size, grad in itertools.product([70, 140, 5000], [True, False]):
+        with torch.set_grad_enabled(grad):
+            out = retention(q, k, v, mask=mask, mode='chunkwise', grid=grid, cls_token=True,
+                            chunk_size=chunk_size, gamma=gamma)
+        torch.testing.assert_close(out, reference, rtol=0, atol=1e-10,
+                                   msg=f'chunk {chunk_size} grad {grad}')
