@@ -1,0 +1,310 @@
+"""The distillation run: both stages, AMP, torchrun/DDP, resume, atomic checkpoints, logs."""
+import dataclasses
+import json
+import math
+import os
+import tempfile
+import time
+from typing import Callable, Dict, Optional, Sequence, Tuple
+
+import torch
+import torch.distributed as dist
+
+from .data import ImageFolderDataset, build_transform, step_batches, steps_per_epoch
+from .models import (BlockMatching, DistillError, FeatureMatching, build_student, load_teacher,
+                     trainable_stage_parameters)
+
+__all__ = ['DistillConfig', 'distill', 'save_vir_checkpoint', 'atomic_torch_save']
+
+LATEST = 'latest.pth'
+
+
+@dataclasses.dataclass
+class DistillConfig:
+    teacher_model: str                       # timm model name, e.g. 'deit_small_patch16_224'
+    teacher_checkpoint: str                  # local file with its weights
+    data: str                                # folder of images (recursive, labels ignored)
+    work_dir: str = 'work_dirs/distill'
+    output: Optional[str] = None             # default: <work_dir>/vir_distilled.pth
+    img_size: Optional[int] = None           # default: the teacher checkpoint's resolution
+    teacher_kwargs: dict = dataclasses.field(default_factory=dict)
+    student_arch: Optional[str] = None       # e.g. 'vir_small_patch16_224': checked to fit
+    mask: str = 'bidirectional_2d'
+    normalize_retention: bool = False
+    decay_exponents: Tuple[float, float] = (5.0, 9.0)
+    mean: Optional[Sequence[float]] = None   # default: the teacher's pretrained_cfg
+    std: Optional[Sequence[float]] = None
+    crop_pct: Optional[float] = None
+    interpolation: Optional[str] = None
+    augment: str = 'rrc'
+    max_images: Optional[int] = None
+    batch_size: int = 64                     # per process
+    workers: int = 4
+    stage1_epochs: float = 1.0
+    stage2_epochs: float = 1.0
+    stage1_steps: Optional[int] = None       # override the epochs
+    stage2_steps: Optional[int] = None
+    lr1: float = 3e-4
+    lr2: float = 1e-4
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.05
+    min_lr_ratio: float = 0.01
+    clip_grad: float = 1.0
+    taps: Sequence[int] = ()                 # stage 2: also match these block outputs
+    cls_weight: float = 1.0
+    tap_weight: float = 1.0
+    amp: bool = False
+    amp_dtype: str = 'bfloat16'              # 'float16' uses a GradScaler (CUDA)
+    log_every: int = 20
+    checkpoint_every: int = 500              # steps; every stage end is saved too
+    seed: int = 0
+    resume: Optional[str] = None             # 'auto' (work_dir/latest.pth) or a path
+    device: str = 'auto'
+
+
+# --------------------------------------------------------------------------- files
+def atomic_torch_save(obj, path: str) -> None:
+    """torch.save to a temporary file in the same folder, fsync, then os.replace: a run killed
+    mid-save leaves the previous file intact, never a truncated one."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path) + '.',
+                                   suffix='.tmp')
+    try:
+        with os.fdopen(handle, 'wb') as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def save_vir_checkpoint(student, path: str, meta: Optional[dict] = None) -> str:
+    """The timm ViR state dict, as ``{'state_dict', 'meta'}`` (.pth) or safetensors (meta as
+    strings). Both the mm backbone's Pretrained init_cfg and timm's pretrained_cfg_overlay
+    file load it."""
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in student.state_dict().items()}
+    meta = dict(meta or {})
+    if path.endswith('.safetensors'):
+        from safetensors.torch import save_file
+        folder = os.path.dirname(os.path.abspath(path))
+        os.makedirs(folder, exist_ok=True)
+        handle, tmp = tempfile.mkstemp(dir=folder, prefix='.tmp-', suffix='.safetensors')
+        os.close(handle)
+        try:
+            save_file(tensors, tmp, metadata={k: json.dumps(v) for k, v in meta.items()})
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
+    else:
+        atomic_torch_save({'state_dict': tensors, 'meta': meta}, path)
+    return path
+
+
+# --------------------------------------------------------------------------- helpers
+def _setup_distributed(device: str):
+    world = int(os.environ.get('WORLD_SIZE', '1'))
+    rank = int(os.environ.get('RANK', '0'))
+    local_rank = int(os.environ.get('LOCAL_RANK', '0'))
+    use_cuda = torch.cuda.is_available() if device == 'auto' else device.startswith('cuda')
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group('nccl' if use_cuda else 'gloo')
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        return rank, world, torch.device('cuda', local_rank)
+    return rank, world, torch.device('cpu')
+
+
+def _lr(step: int, total: int, base: float, warmup_fraction: float, min_ratio: float) -> float:
+    """Linear warm-up then cosine decay to base * min_ratio."""
+    warmup = max(1, int(round(total * warmup_fraction)))
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return base * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _stage_steps(cfg: DistillConfig, stage: int, per_epoch: int) -> int:
+    steps = getattr(cfg, f'stage{stage}_steps')
+    if steps is not None:
+        return int(steps)
+    return int(math.ceil(getattr(cfg, f'stage{stage}_epochs') * per_epoch))
+
+
+class _Logger:
+    def __init__(self, work_dir: str, enabled: bool, printer: Callable[[str], None]):
+        self.enabled, self.printer = enabled, printer
+        self.text = os.path.join(work_dir, 'log.txt')
+        self.jsonl = os.path.join(work_dir, 'log.jsonl')
+
+    def __call__(self, message: str, record: Optional[dict] = None):
+        if not self.enabled:
+            return
+        self.printer(message)
+        with open(self.text, 'a') as f:
+            f.write(message + '\n')
+        if record is not None:
+            with open(self.jsonl, 'a') as f:
+                f.write(json.dumps(record) + '\n')
+
+
+def _reduce_mean(value: torch.Tensor, world: int) -> torch.Tensor:
+    if world > 1:
+        value = value.detach().clone()
+        dist.all_reduce(value)
+        value /= world
+    return value
+
+
+# --------------------------------------------------------------------------- the run
+def distill(cfg: DistillConfig, printer: Callable[[str], None] = print) -> Dict:
+    """Run stage 1 then stage 2 (resuming where ``cfg.resume`` says), write the output ViR
+    checkpoint, and return a summary (output path, steps, seconds, last losses)."""
+    rank, world, device = _setup_distributed(cfg.device)
+    os.makedirs(cfg.work_dir, exist_ok=True)
+    log = _Logger(cfg.work_dir, rank == 0, printer)
+    torch.manual_seed(cfg.seed)
+    teacher, tinfo = load_teacher(cfg.teacher_model, cfg.teacher_checkpoint, cfg.img_size,
+                                  **cfg.teacher_kwargs)
+    student, report = build_student(teacher, cfg.mask, cfg.normalize_retention,
+                                    cfg.decay_exponents, student_arch=cfg.student_arch,
+                                    source=cfg.teacher_checkpoint)
+    log(str(report))
+    pcfg = teacher.pretrained_cfg or {}
+    img_size = tinfo['img_size']
+    preprocess = dict(mean=list(cfg.mean or pcfg.get('mean', (0.485, 0.456, 0.406))),
+                      std=list(cfg.std or pcfg.get('std', (0.229, 0.224, 0.225))),
+                      crop_pct=cfg.crop_pct or pcfg.get('crop_pct', 0.875),
+                      interpolation=cfg.interpolation or pcfg.get('interpolation', 'bicubic'))
+    dataset = ImageFolderDataset(cfg.data, build_transform(img_size, augment=cfg.augment,
+                                                           **preprocess), cfg.max_images)
+    per_epoch = steps_per_epoch(len(dataset), cfg.batch_size, world)
+    plan = {1: _stage_steps(cfg, 1, per_epoch), 2: _stage_steps(cfg, 2, per_epoch)}
+    log(f'teacher {tinfo["model"]} (width {tinfo["width"]}, depth {tinfo["depth"]}, '
+        f'{tinfo["img_size"]} px); {len(dataset)} images, {world} process(es) x batch '
+        f'{cfg.batch_size}: {per_epoch} steps/epoch; stage 1: {plan[1]} steps, '
+        f'stage 2: {plan[2]} steps')
+
+    progress = dict(stage=1, step=0, seconds={'1': 0.0, '2': 0.0})
+    optimizer_state = None
+    if cfg.resume:
+        path = os.path.join(cfg.work_dir, LATEST) if cfg.resume == 'auto' else cfg.resume
+        if not os.path.isfile(path):
+            raise DistillError(f'nothing to resume: {path!r} not found')
+        ckpt = torch.load(path, map_location='cpu', weights_only=True)
+        student.load_state_dict(ckpt['student'])
+        progress, optimizer_state = ckpt['progress'], ckpt['optimizer']
+        log(f'resumed from {path}: stage {progress["stage"]}, step {progress["step"]}')
+    teacher.to(device)
+    student.to(device)
+
+    amp_dtype = getattr(torch, cfg.amp_dtype)
+    scaler = torch.amp.GradScaler('cuda', enabled=cfg.amp and amp_dtype == torch.float16
+                                  and device.type == 'cuda')
+    last = {}
+    for stage in (1, 2):
+        if stage < progress['stage'] or plan[stage] <= 0:
+            continue
+        start = progress['step'] if stage == progress['stage'] else 0
+        params = trainable_stage_parameters(student, stage)
+        module = (BlockMatching(teacher, student) if stage == 1 else
+                  FeatureMatching(teacher, student, cfg.taps, cfg.cls_weight, cfg.tap_weight))
+        student.train()
+        wrapped = module
+        if world > 1:
+            wrapped = torch.nn.parallel.DistributedDataParallel(
+                module, device_ids=[device.index] if device.type == 'cuda' else None)
+        base_lr = cfg.lr1 if stage == 1 else cfg.lr2
+        optimizer = torch.optim.AdamW(params, lr=base_lr, weight_decay=cfg.weight_decay)
+        if optimizer_state is not None and stage == progress['stage'] and start > 0:
+            optimizer.load_state_dict(optimizer_state)
+        optimizer_state = None
+        batches = step_batches(dataset, cfg.batch_size, start, cfg.seed + stage, rank, world,
+                               cfg.workers)
+        tic, seen = time.perf_counter(), 0
+        clock = tic
+        for step in range(start, plan[stage]):
+            images = next(batches).to(device, non_blocking=True)
+            lr = _lr(step, plan[stage], base_lr, cfg.warmup_fraction, cfg.min_lr_ratio)
+            for group in optimizer.param_groups:
+                group['lr'] = lr
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=cfg.amp):
+                out = wrapped(images)
+            losses = {'blocks': out} if stage == 1 else out
+            loss = sum(v.sum() for v in losses.values())
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if cfg.clip_grad:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
+            scaler.step(optimizer)
+            scaler.update()
+            seen += images.shape[0] * world
+            done = step + 1
+            if done % cfg.log_every == 0 or done == plan[stage] or done == start + 1:
+                elapsed = time.perf_counter() - tic
+                total_loss = float(_reduce_mean(loss.detach().float(), world))
+                record = dict(stage=stage, step=done, steps=plan[stage], loss=total_loss, lr=lr,
+                              images_per_s=seen / max(elapsed, 1e-9))
+                if stage == 1:
+                    per_block = _reduce_mean(out.detach().float(), world).tolist()
+                    record['per_block'] = per_block
+                    detail = f'blocks {min(per_block):.3f}-{max(per_block):.3f}'
+                else:
+                    record.update({k: float(_reduce_mean(v.detach().float(), world))
+                                   for k, v in losses.items()})
+                    detail = ' '.join(f'{k} {record[k]:.4f}' for k in losses)
+                eta = (plan[stage] - done) * elapsed / max(done - start, 1)
+                log(f'[stage {stage}] {done}/{plan[stage]} ({100 * done / plan[stage]:.0f}%) '
+                    f'loss {total_loss:.4f} ({detail}) lr {lr:.2e} '
+                    f'{record["images_per_s"]:.1f} img/s eta {eta / 60:.1f} min', record)
+                last = record
+            if done == plan[stage] or done % cfg.checkpoint_every == 0:
+                now = time.perf_counter()
+                seconds = dict(progress['seconds'])
+                seconds[str(stage)] = seconds.get(str(stage), 0.0) + (now - clock)
+                at_end = done == plan[stage]
+                progress = dict(stage=stage + 1 if at_end else stage,
+                                step=0 if at_end else done, seconds=seconds)
+                if rank == 0:
+                    atomic_torch_save(dict(student=student.state_dict(),
+                                           optimizer=optimizer.state_dict(),
+                                           progress=progress,
+                                           config=_jsonable(dataclasses.asdict(cfg))),
+                                      os.path.join(cfg.work_dir, LATEST))
+                clock = time.perf_counter()  # saving is not counted as training time
+        module.close()
+        if world > 1:
+            dist.barrier()
+
+    student.eval()
+    output = cfg.output or os.path.join(cfg.work_dir, 'vir_distilled.pth')
+    meta = dict(distilled_from=tinfo['model'], teacher_checkpoint=tinfo['checkpoint'],
+                img_size=img_size, patch_size=tinfo['patch_size'], width=tinfo['width'],
+                depth=tinfo['depth'], mask=cfg.mask,
+                normalize_retention=cfg.normalize_retention,
+                decay_exponents=list(cfg.decay_exponents), stage1_steps=plan[1],
+                stage2_steps=plan[2], batch_size=cfg.batch_size * world,
+                seconds=progress['seconds'], **preprocess)
+    if rank == 0:
+        save_vir_checkpoint(student, output, meta)
+        log(f'wrote the distilled ViR to {output} (stage 1 {progress["seconds"]["1"]:.0f} s, '
+            f'stage 2 {progress["seconds"]["2"]:.0f} s)')
+    return dict(output=output, steps=plan, seconds=progress['seconds'], last=last, meta=meta,
+                report=str(report), student=student, teacher=teacher)
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
