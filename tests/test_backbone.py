@@ -104,8 +104,12 @@ def test_with_cp_same_outputs_and_gradients():
     grads = []
     for with_cp in (False, True):
         backbone = _build(with_cp=with_cp).train()
+        calls, block = [], backbone.blocks[2]
+        block.forward = lambda *args, _inner=block.forward: calls.append(1) or _inner(*args)
         outs = backbone(image)
         sum(o.square().mean() for o in outs).backward()
+        # checkpointing is really on: the block runs again in backward
+        assert len(calls) == (2 if with_cp else 1), (with_cp, len(calls))
         grads.append({n: p.grad.clone() for n, p in backbone.named_parameters()})
         if not with_cp:
             reference = [o.detach() for o in outs]

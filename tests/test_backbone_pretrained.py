@@ -9,10 +9,11 @@ import vir_dense  # noqa: F401
 
 
 def _backbone(checkpoint, **kwargs):
+    init_cfg = None if checkpoint is None else dict(type='Pretrained',
+                                                    checkpoint=str(checkpoint), **kwargs)
     cfg = dict(type='ViR', arch='tiny', img_size=kwargs.pop('img_size', 224),
                out_indices=(3, 5, 7, 11), drop_path_rate=0.0,
-               spatial_prior=kwargs.pop('spatial_prior', None),
-               init_cfg=dict(type='Pretrained', checkpoint=str(checkpoint), **kwargs))
+               spatial_prior=kwargs.pop('spatial_prior', None), init_cfg=init_cfg)
     backbone = MODELS.build(cfg)
     backbone.init_weights()
     return backbone
@@ -67,6 +68,16 @@ def test_bad_checkpoints_raise(tmp_path):
     torch.save(partial, partial_path)
     with pytest.raises(ValueError, match='allow_partial'):
         _backbone(partial_path)
-    assert _backbone(partial_path, allow_partial=True) is not None
-    with pytest.raises(FileNotFoundError):
+    # allow_partial: what the file has is loaded, block 1 keeps its fresh initialisation
+    torch.manual_seed(0)
+    fresh = _backbone(None)
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning, match='backbone tensors'):
+        loaded = _backbone(partial_path, allow_partial=True)
+    for key, value in loaded.state_dict().items():
+        if key.startswith('blocks.1.'):
+            assert torch.equal(value, fresh.state_dict()[key]), key
+        elif key in partial:
+            assert torch.equal(value, partial[key]), key
+    with pytest.raises(FileNotFoundError, match='missing.pth'):
         _backbone(tmp_path / 'missing.pth')

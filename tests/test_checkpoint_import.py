@@ -339,7 +339,7 @@ def test_init_cfg_helper(tmp_path):
 
 def test_mm_backbone_init_cfg_imports_vit(tmp_path):
     """The real backbone: grid from its patch embedding, its rescale layers left alone."""
-    backbone_mod = pytest.importorskip('vir_dense.mm.backbone')
+    from vir_dense.mm import backbone as backbone_mod
     sd = random_vit_state(dim=64, side=2)
     sd['patch_embed.proj.weight'] = torch.randn(64, 3, 16, 16)
     save_file(sd, str(tmp_path / 'vit.safetensors'))

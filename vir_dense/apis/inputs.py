@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
 
@@ -38,12 +38,20 @@ def collect_images(inputs):
 
 
 def read_rgb(path):
-    """Read an image as an RGB uint8 array; grey, palette and RGBA images are converted.
+    """Read an image as an RGB uint8 array, as the test pipeline (mmcv/cv2) reads it.
 
-    Raises ValueError with the path for a file that is not a readable image.
+    Grey, palette, CMYK and RGBA images are converted (alpha composited on white); an EXIF
+    orientation is applied (a camera photo comes out upright, as viewers show it); 16-bit
+    images keep their high byte (value >> 8, what cv2 does). Raises ValueError with the path
+    for a file that is not a readable image, truncated ones included.
     """
     try:
         with Image.open(path) as image:
+            image = ImageOps.exif_transpose(image)
+            if image.mode in ('I;16', 'I;16B', 'I;16L', 'I'):  # 16-bit grey
+                grey = np.asarray(image).astype(np.int64)
+                return np.repeat((np.clip(grey, 0, 65535) >> 8).astype(np.uint8)[..., None],
+                                 3, axis=2)
             if image.mode in ('RGBA', 'LA') or (image.mode == 'P' and 'transparency' in image.info):
                 # Composite on white rather than dropping alpha (transparent pixels are often black).
                 rgba = image.convert('RGBA')
