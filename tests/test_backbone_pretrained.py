@@ -9,11 +9,11 @@ import vir_dense  # noqa: F401
 
 
 def _backbone(checkpoint, **kwargs):
+    img_size, spatial_prior = kwargs.pop('img_size', 224), kwargs.pop('spatial_prior', None)
     init_cfg = None if checkpoint is None else dict(type='Pretrained',
                                                     checkpoint=str(checkpoint), **kwargs)
-    cfg = dict(type='ViR', arch='tiny', img_size=kwargs.pop('img_size', 224),
-               out_indices=(3, 5, 7, 11), drop_path_rate=0.0,
-               spatial_prior=kwargs.pop('spatial_prior', None), init_cfg=init_cfg)
+    cfg = dict(type='ViR', arch='tiny', img_size=img_size, out_indices=(3, 5, 7, 11),
+               drop_path_rate=0.0, spatial_prior=spatial_prior, init_cfg=init_cfg)
     backbone = MODELS.build(cfg)
     backbone.init_weights()
     return backbone
