@@ -58,7 +58,7 @@ def trigger_visualization_hook(cfg, args, scope):
 def main(argv=None):
     args = parse_args(argv)
     cfg, scope = vr.tool_config(args)
-    cfg.load_from = vr.check_file(args.checkpoint, 'checkpoint')
+    cfg.load_from = vr.check_checkpoint(args.checkpoint, 'checkpoint')
     cfg.resume = False
     if args.show or args.show_dir:
         trigger_visualization_hook(cfg, args, scope)

@@ -6,6 +6,7 @@
 The config's ``default_scope`` ('mmdet' or 'mmseg') decides which library's modules are
 registered. Without CUDA, distributed runs use the gloo backend. Missing datasets,
 checkpoints and misspelt --cfg-options keys stop the run at once with one message.
+--resume continues exactly (same weights as an uninterrupted run on CPU): docs/resume.md.
 """
 import argparse
 import os
@@ -85,9 +86,12 @@ def main(argv=None):
         cfg.load_from = None
     elif args.resume is not None:
         cfg.resume = True
-        cfg.load_from = vr.check_file(args.resume, 'checkpoint to resume from')
+        cfg.load_from = vr.check_checkpoint(args.resume, 'checkpoint to resume from')
     elif cfg.get('load_from'):
-        vr.check_file(cfg.load_from, 'load_from checkpoint')
+        vr.check_checkpoint(cfg.load_from, 'load_from checkpoint')
+    # A resumed run is built with the checkpoint's seed (sampler order, worker seeds); the
+    # generator states themselves come back through ExactResumeHook (docs/resume.md).
+    vr.use_checkpoint_seed(cfg)
 
     # Fail fast, before any model is built.
     splits = ['train']
@@ -98,7 +102,7 @@ def main(argv=None):
 
     vr.setup_device(cfg, args.launcher)
     vr.init_distributed_cpu(cfg, args.launcher)
-    runner = vr.build_runner(cfg)
+    runner = vr.add_exact_resume_hook(vr.build_runner(cfg))
     runner.train()
 
 
