@@ -54,8 +54,9 @@ class ViR(ViRTrunk, BaseModule):
             BEiT/MAE style, used by the UperNet configs); None returns the stride-16 maps as
             they are (for the SimpleFeaturePyramid neck, used by the Mask R-CNN configs).
         mask: 'causal_1d' | 'causal_2d' | 'bidirectional_1d' | 'bidirectional_2d'.
-        retention_mode: 'parallel' | 'chunkwise' | 'recurrent' (same outputs; chunkwise and
-            recurrent keep memory linear in the number of tokens).
+        retention_mode: 'auto' | 'parallel' | 'chunkwise' | 'recurrent' (same outputs;
+            chunkwise and recurrent keep memory linear in the number of tokens; 'auto' runs
+            parallel while the tokens fit in one chunk, else chunkwise).
         chunk_size: tokens per chunk in chunkwise mode (rounded to whole rows for 2D masks).
         normalize_retention: divide each token's retention output by its decay-mask row sum
             (a decay-weighted mean instead of a sum; not in the paper). Without it, outputs
@@ -81,7 +82,7 @@ class ViR(ViRTrunk, BaseModule):
 
     def __init__(self, arch='small', patch_size=16, img_size=224, in_channels=3,
                  out_indices=(3, 5, 7, 11), pyramid='taps', mask='bidirectional_2d',
-                 retention_mode='parallel', chunk_size=256, normalize_retention=False,
+                 retention_mode='auto', chunk_size=1024, normalize_retention=False,
                  decay_exponents=(5.0, 9.0), drop_path_rate=0.1, init_values=1e-5,
                  with_cls_token=None, final_norm=True, with_cp=False,
                  frozen_stages=-1, spatial_prior=None, init_cfg=None):

@@ -10,7 +10,7 @@ before the next, keeping one state per block: memory then no longer depends on t
 tokens. Bidirectional masks need the whole sequence per block, so they run block by block with
 the linear-memory forms of the operator.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Optional
 
@@ -21,9 +21,10 @@ from torch.utils.checkpoint import checkpoint
 from timm.layers import DropPath, LayerScale, Mlp, PatchEmbed, resample_abs_pos_embed
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
-from vir_dense.ops.retention import (RecurrentState, TokenLayout, check_mode, chunk_step,
-                                     decay_gammas, decay_row_sums, make_layout, parse_mask,
-                                     recurrent_step, retention, rows_per_chunk)
+from vir_dense.ops.retention import (DEFAULT_CHUNK, RecurrentState, TokenLayout, check_mode,
+                                     chunk_step, decay_gammas, decay_row_sums, make_layout,
+                                     parse_mask, recurrent_step, resolve_mode, retention,
+                                     rows_per_chunk)
 from vir_dense.ops.retention.decay import PAPER_DECAY_EXPONENTS, from_grid, to_grid
 
 __all__ = ['VisionRetention', 'ViRTrunk', 'MultiHeadRetention', 'Block', 'run_blocks']
@@ -175,7 +176,7 @@ def run_blocks(blocks, x, ctx: RetentionContext, out_indices=(), with_cp=False,
     Returns (final tokens, {block index: tokens after that block} for out_indices).
     last_token_only keeps only the last token of the output (classification while streaming).
     """
-    check_mode(ctx.mode)
+    ctx = replace(ctx, mode=resolve_mode(ctx.mode, x.shape[1], ctx.chunk_size))
     causal, _ = parse_mask(ctx.mask)
     taps = {}
     if ctx.mode == 'parallel' or not causal:
@@ -218,7 +219,7 @@ class ViRTrunk(nn.Module):
     def __init__(self, img_size=224, patch_size=16, in_chans=3, embed_dim=384, depth=12,
                  num_heads=6, mlp_ratio=4.0, qkv_bias=True, init_values=1e-5, pos_drop_rate=0.0,
                  proj_drop_rate=0.0, drop_path_rate=0.0, mask='causal_2d',
-                 retention_mode='parallel', chunk_size=256, normalize_retention=False,
+                 retention_mode='parallel', chunk_size=DEFAULT_CHUNK, normalize_retention=False,
                  decay_exponents=PAPER_DECAY_EXPONENTS, dynamic_img_size=False,
                  norm_layer=None, act_layer=None):
         super().__init__()
@@ -256,7 +257,8 @@ class ViRTrunk(nn.Module):
                     nn.init.zeros_(module.bias)
 
     def set_retention_mode(self, mode, chunk_size=None, mask=None):
-        """Switch between 'parallel', 'recurrent' and 'chunkwise' (same weights, same outputs)."""
+        """Switch between 'parallel', 'recurrent', 'chunkwise' and 'auto' (same weights, same
+        outputs; 'auto' picks parallel or chunkwise per input size, see `resolve_mode`)."""
         check_mode(mode)
         if mask is not None:
             parse_mask(mask)

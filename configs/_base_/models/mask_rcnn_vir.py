@@ -30,6 +30,8 @@ model = dict(
         out_indices=(11, ),
         pyramid=None,
         mask='bidirectional_2d',
+        retention_mode='auto',  # parallel up to 1024 tokens, chunkwise above (same outputs)
+        chunk_size=1024,
         drop_path_rate=0.1,
         with_cp=False,
         # No ImageNet ViR weights exist: make a warm start from timm ViT/DeiT weights with

@@ -29,8 +29,10 @@ model = dict(
         # every patch sees its whole neighbourhood (all four quadrants), weighted by
         # gamma^(|dx|+|dy|); still has linear-memory chunkwise/recurrent forms
         mask='bidirectional_2d',
-        retention_mode='parallel',  # training; inference may switch to 'chunkwise'
-        chunk_size=256,
+        # parallel while the tokens fit in one chunk (512² crops), chunkwise above (whole-image
+        # inference at any size): the same function either way
+        retention_mode='auto',
+        chunk_size=1024,
         drop_path_rate=0.1,
         with_cp=False,
         init_cfg=dict(type='Pretrained', checkpoint='pretrained/vir_small_patch16_224.pth')),

@@ -4,25 +4,26 @@
 nothing of images: 2D masks only need the patch grid. Every form equals `retention_naive`.
 """
 from .chunkwise import chunk_step, retention_chunkwise, rows_per_chunk
-from .decay import (MASKS, MODES, TokenLayout, check_mode, decay_gammas, decay_row_sums,
-                    make_layout, parse_mask)
+from .decay import (DEFAULT_CHUNK, MASKS, MODES, TokenLayout, check_mode, decay_gammas,
+                    decay_row_sums, make_layout, parse_mask, resolve_mode)
 from .naive import retention_naive
 from .parallel import retention_parallel
 from .recurrent import RecurrentState, recurrent_step, retention_recurrent
 
 
 def retention(q, k, v, mask='causal_1d', mode='parallel', grid=None, cls_token=False,
-              chunk_size=256, gamma=None, normalize=False):
+              chunk_size=DEFAULT_CHUNK, gamma=None, normalize=False):
     """Retention of (B, H, N, d) q, k, v under `mask` computed in `mode`.
 
     grid: (rows, cols) of the patch tokens (2D masks); cls_token: the last token is a class
-    token at the virtual position (cols-1, rows); chunk_size: tokens per chunk (chunkwise mode,
-    rounded to whole rows for 2D masks); gamma: per-head decay (default: ViR's schedule);
+    token at the virtual position (cols-1, rows); mode: 'parallel', 'recurrent', 'chunkwise'
+    or 'auto' (`resolve_mode`); chunk_size: tokens per chunk (chunkwise mode, whole rows for
+    2D masks); gamma: per-head decay (default: ViR's schedule);
     normalize: divide each token's output by the sum of its decay-mask row, making it a
     decay-weighted mean whose scale does not grow with the number of tokens (not in the paper;
     a per-token constant, so every form stays exact).
     """
-    check_mode(mode)
+    mode = resolve_mode(mode, q.shape[-2], chunk_size)
     parse_mask(mask)
     if q.dim() != 4 or q.shape != k.shape or k.shape[:-1] != v.shape[:-1]:
         raise ValueError(f'q, k, v must be (batch, heads, tokens, dim); got {tuple(q.shape)}, '
@@ -41,7 +42,7 @@ def retention(q, k, v, mask='causal_1d', mode='parallel', grid=None, cls_token=F
     return out
 
 
-__all__ = ['MASKS', 'MODES', 'RecurrentState', 'TokenLayout', 'check_mode', 'chunk_step',
-           'decay_gammas', 'decay_row_sums', 'make_layout', 'parse_mask', 'recurrent_step',
-           'retention', 'retention_chunkwise', 'retention_naive', 'retention_parallel',
-           'retention_recurrent', 'rows_per_chunk']
+__all__ = ['DEFAULT_CHUNK', 'MASKS', 'MODES', 'RecurrentState', 'TokenLayout', 'check_mode',
+           'chunk_step', 'decay_gammas', 'decay_row_sums', 'make_layout', 'parse_mask',
+           'recurrent_step', 'resolve_mode', 'retention', 'retention_chunkwise',
+           'retention_naive', 'retention_parallel', 'retention_recurrent', 'rows_per_chunk']

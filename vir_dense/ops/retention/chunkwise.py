@@ -26,7 +26,7 @@ so no N-sized intermediate is kept between forward and backward.
 import torch
 import torch.nn.functional as F
 
-from .decay import TokenLayout, compute_dtype, decay_powers, from_grid, make_layout, \
+from .decay import DEFAULT_CHUNK, TokenLayout, compute_dtype, decay_powers, from_grid, make_layout, \
     parse_mask, to_grid
 from .decay_sum import DecaySum, toeplitz
 from .parallel import parallel_decay_mask
@@ -42,8 +42,9 @@ class ChunkPlan:
     """The constants of one chunked geometry: masks, powers and decay sums (cached)."""
 
     def __init__(self, gamma, rows, cols, chunk_rows, causal, dtype, stream=False):
-        self.rows, self.chunk_rows = rows, min(chunk_rows, rows)
-        self.chunks = -(-rows // self.chunk_rows)
+        # As many chunks as `chunk_rows` asks for, of balanced size (less padding).
+        self.chunks = -(-rows // min(chunk_rows, rows))
+        self.rows, self.chunk_rows = rows, -(-rows // self.chunks)
         self.causal = causal
         layout = TokenLayout(self.chunk_rows, cols)
         self.intra_mask = parallel_decay_mask(gamma, layout, causal, dtype)[None, :, None]
@@ -165,7 +166,7 @@ def grid_retention_chunkwise(q, k, v, gamma, causal, chunk_rows):
 
 
 def retention_chunkwise(q, k, v, gamma, mask='causal_1d', grid=None, cls_token=False,
-                        chunk_size=256):
+                        chunk_size=DEFAULT_CHUNK):
     causal, _ = parse_mask(mask)
     layout = make_layout(mask, q.shape[-2], grid, cls_token)
     grids = (to_grid(t, layout) for t in (q, k, v))

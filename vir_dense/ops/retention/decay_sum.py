@@ -19,7 +19,7 @@ from .decay import decay_powers
 
 KINDS = ('causal', 'anticausal', 'symmetric', 'causal_strict', 'anticausal_strict')
 DIRECT_MAX = 64  # non-strict axes up to this length: one Toeplitz matmul
-BLOCK = 32
+BLOCK = 16
 
 
 def toeplitz(gamma, length, kind, dtype):
@@ -80,7 +80,10 @@ class DecaySum:
         summaries = (self.gather @ cells).view(batch, heads, groups, self.blocks, -1, width)
         carries = torch.stack([carry(summaries[:, :, :, :, side])
                                for side, carry in enumerate(self.carries)], 4)
-        out.add_(self.spread @ carries)
+        # out += spread @ carries, accumulated in place (no second output-sized tensor)
+        spread = self.spread.expand(batch, heads, groups, self.blocks, -1, -1)
+        out.view(-1, BLOCK, width).baddbmm_(spread.reshape(-1, *spread.shape[-2:]),
+                                            carries.view(-1, *carries.shape[-2:]))
         out = out.view(batch, heads, groups, padded, width)
         return out if padded == length else out[:, :, :, :length]
 
