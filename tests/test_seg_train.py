@@ -83,7 +83,8 @@ test_pipeline = [
 ]
 # 4 blocks instead of 12 (the run checks the pipeline, not the depth)
 model = dict(data_preprocessor=dict(size=crop_size),
-             backbone=dict(img_size=64, arch=dict(embed_dims=192, num_layers=4, num_heads=3),
+             backbone=dict(img_size=64, arch=dict(_delete_=True, embed_dims=192, num_layers=4,
+                                                  num_heads=3),
                            out_indices=(0, 1, 2, 3)))
 optim_wrapper = dict(paramwise_cfg=dict(num_layers=4))
 train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
