@@ -16,8 +16,8 @@ methods and refuses everything else.
 
 Nothing here changes how checkpoints are *written*: the files are plain mmengine checkpoints
 that a fresh interpreter with only torch + mmengine opens (`torch.load(weights_only=False)`,
-`mmengine.runner.load_checkpoint`); tests/test_checkpoint_portable.py checks that in a process
-that never imports vir_dense. (An earlier version of this module changed HistoryBuffer's pickled
+`mmengine.runner.load_checkpoint`); tests/test_checkpoint_compat.py and tests/test_det_train.py
+check that in a process that never imports vir_dense (docs/resume.md). (An earlier version of this module changed HistoryBuffer's pickled
 state; files written then hold a list of names where mmengine expects a dict, and do not load
 any more: train them again or re-save them with that older version.)
 
