@@ -29,8 +29,14 @@ def parallel_decay_mask(gamma, layout, causal, dtype):
 
 
 def retention_parallel(q, k, v, gamma, mask='causal_1d', grid=None, cls_token=False):
+    """The result has q's dtype; computed in at least float32 with autocast off (see
+    `compute_dtype`), so float32/float64 inputs give what they always did."""
     causal, _ = parse_mask(mask)
     layout = make_layout(mask, q.shape[-2], grid, cls_token)
-    decay = parallel_decay_mask(gamma, layout, causal, compute_dtype(q.dtype))
-    scores = (q @ k.transpose(-1, -2)).mul_(decay)  # in place: one N x N buffer, not two
-    return scores.to(v.dtype) @ v
+    in_dtype, dtype = q.dtype, compute_dtype(q.dtype)
+    decay = parallel_decay_mask(gamma, layout, causal, dtype)
+    with torch.autocast(q.device.type, enabled=False):
+        q, k, v = (t.to(dtype) for t in (q, k, v))
+        scores = (q @ k.transpose(-1, -2)).mul_(decay)  # in place: one N x N buffer, not two
+        out = scores @ v
+    return out.to(in_dtype)

@@ -29,13 +29,14 @@ def recurrent_step(state, x, q=None, k=None, v=None):
     q, k, v are (B, H, d) or None for an empty cell (the class token's row), which still
     decays the states. Returns o (B, H, d) when q is given.
     """
-    column = state.gamma * state.columns[x]
-    if k is not None:
-        column = column + k.to(column.dtype)[..., :, None] * v.to(column.dtype)[..., None, :]
-    state.columns[x] = column
-    state.row = column if x == 0 else state.gamma * state.row + column
-    if q is not None:
-        return torch.einsum('bhd,bhde->bhe', q.to(column.dtype), state.row)
+    with torch.autocast(state.row.device.type, enabled=False):  # states stay float32+
+        column = state.gamma * state.columns[x]
+        if k is not None:
+            column = column + k.to(column.dtype)[..., :, None] * v.to(column.dtype)[..., None, :]
+        state.columns[x] = column
+        state.row = column if x == 0 else state.gamma * state.row + column
+        if q is not None:
+            return torch.einsum('bhd,bhde->bhe', q.to(column.dtype), state.row)
     return None
 
 
@@ -56,6 +57,11 @@ def _row_scan(q_row, columns, gamma, causal):
 
 
 def retention_recurrent(q, k, v, gamma, mask='causal_1d', grid=None, cls_token=False):
+    with torch.autocast(q.device.type, enabled=False):  # states stay float32+
+        return _retention_recurrent(q, k, v, gamma, mask, grid, cls_token)
+
+
+def _retention_recurrent(q, k, v, gamma, mask, grid, cls_token):
     causal, _ = parse_mask(mask)
     layout = make_layout(mask, q.shape[-2], grid, cls_token)
     dtype = compute_dtype(q.dtype)
