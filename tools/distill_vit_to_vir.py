@@ -66,13 +66,21 @@ def build_parser():
     g.add_argument('--stage2-epochs', type=float, help='default 1')
     g.add_argument('--stage1-steps', type=int, help='overrides --stage1-epochs')
     g.add_argument('--stage2-steps', type=int, help='overrides --stage2-epochs')
-    g.add_argument('--lr1', type=float, help='stage 1 peak lr (default 3e-4)')
+    g.add_argument('--lr1', type=float, help='stage 1 peak lr (default 1e-3)')
     g.add_argument('--lr2', type=float, help='stage 2 peak lr (default 1e-4)')
     g.add_argument('--weight-decay', type=float)
     g.add_argument('--clip-grad', type=float)
+    g.add_argument('--no-calibrate', dest='calibrate', action='store_false', default=None,
+                   help='skip the least-squares fit of the branch scales before stage 1')
     g.add_argument('--taps', type=_ints, help='stage 2: also match these block outputs, '
                    'e.g. "3 5 7"')
-    g.add_argument('--cls-weight', type=float)
+    g.add_argument('--cls-weight', type=float, help='stage 2: extra weight of the class '
+                   'token (default 1)')
+    g.add_argument('--tap-weight', type=float, help='weight of each tap (default 1)')
+    g.add_argument('--logit-weight', type=float, help='stage 2: KL between the teacher head '
+                   'on teacher and student tokens (default 0; needs a classifier teacher)')
+    g.add_argument('--stage1-cls-weight', type=float, help='stage 1: extra weight of the '
+                   'class token (default 0)')
     g.add_argument('--amp', action='store_true', default=None,
                    help='autocast (bf16; on CPU too)')
     g.add_argument('--amp-dtype', choices=['bfloat16', 'float16'])

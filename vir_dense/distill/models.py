@@ -221,11 +221,13 @@ class _TeacherTaps:
 class BlockMatching(nn.Module):
     """Stage 1: per block i, ls1(retention(norm1(x_i))) of the student vs the teacher's
     ls1(attn(norm1(x_i))), with x_i the *teacher's* input to block i (token order mapped).
-    forward(images) returns the per-block relative MSE (a vector of length depth)."""
+    forward(images) returns the per-block relative MSE (a vector of length depth), plus
+    ``cls_weight`` times that of the class token alone."""
 
-    def __init__(self, teacher, student):
+    def __init__(self, teacher, student, cls_weight: float = 0.0):
         super().__init__()
         self.teacher, self.student = teacher, student
+        self.cls_weight = cls_weight
         self.taps = _TeacherTaps(teacher)
 
     def forward(self, images):
@@ -240,9 +242,44 @@ class BlockMatching(nn.Module):
         for i, block in enumerate(self.student.blocks):
             x = to_student_order(self.taps.inputs[i]).detach()
             out = block.ls1(block.retention(block.norm1(x), ctx))
-            losses.append(relative_mse(out, to_student_order(self.taps.branches[i])))
+            target = to_student_order(self.taps.branches[i])
+            loss = relative_mse(out, target)
+            if self.cls_weight:  # the class token is 1 of N + 1 tokens but carries the label
+                loss = loss + self.cls_weight * relative_mse(out[:, -1], target[:, -1])
+            losses.append(loss)
         self.taps.clear()
         return torch.stack(losses)
+
+    @torch.no_grad()
+    def calibrate(self, images):
+        """Least-squares per-channel scale of each block's retention branch (its LayerScale)
+        against the teacher's attention branch on ``images``.
+
+        The copied weights without softmax give outputs orders of magnitude off (a sum over all
+        tokens instead of a weighted mean); this one closed-form fit removes that before the
+        first gradient step. Under DDP the sums are reduced over all processes. Returns the
+        per-block relative MSE after calibration.
+        """
+        import torch.distributed as dist
+        self.teacher.eval()
+        self.taps.clear()
+        self.teacher.forward_features(images)
+        patch = self.student.patch_embed.patch_size
+        ctx = self.student.context((images.shape[-2] // patch[0], images.shape[-1] // patch[1]))
+        losses = []
+        for i, block in enumerate(self.student.blocks):
+            x = to_student_order(self.taps.inputs[i])
+            out = block.retention(block.norm1(x), ctx).float().flatten(0, 1)
+            target = to_student_order(self.taps.branches[i]).float().flatten(0, 1)
+            sums = torch.stack([(out * target).sum(0), out.pow(2).sum(0)])
+            if dist.is_available() and dist.is_initialized():
+                dist.all_reduce(sums)
+            if isinstance(block.ls1, nn.Identity):
+                continue
+            block.ls1.gamma.copy_(sums[0] / sums[1].clamp_min(1e-12))
+            losses.append(relative_mse(block.ls1(out), target))
+        self.taps.clear()
+        return torch.stack(losses) if losses else torch.zeros(0)
 
     def close(self):
         """Detach the hooks from the teacher (call when the stage is over)."""
@@ -251,16 +288,20 @@ class BlockMatching(nn.Module):
 
 class FeatureMatching(nn.Module):
     """Stage 2: the student's final (normed) tokens vs the teacher's, plus the class token on
-    its own (weight ``cls_weight``) and block outputs at ``taps`` (weight ``tap_weight``).
+    its own (weight ``cls_weight``), block outputs at ``taps`` (weight ``tap_weight``) and,
+    optionally, the teacher head's predictions (KL, weight ``logit_weight``).
     forward(images) returns {'final': ..., 'cls': ..., 'tap<i>': ...} losses."""
 
     def __init__(self, teacher, student, taps: Sequence[int] = (), cls_weight: float = 1.0,
-                 tap_weight: float = 1.0):
+                 tap_weight: float = 1.0, logit_weight: float = 0.0):
         super().__init__()
         self.teacher, self.student = teacher, student
         depth = len(student.blocks)
         self.tap_indices = tuple(sorted({i % depth for i in taps}))
         self.cls_weight, self.tap_weight = cls_weight, tap_weight
+        if logit_weight and teacher.num_classes <= 0:
+            raise DistillError('logit matching needs a teacher with a classifier head')
+        self.logit_weight = logit_weight
         self.taps = _TeacherTaps(teacher)
 
     def forward(self, images):
@@ -279,6 +320,11 @@ class FeatureMatching(nn.Module):
         for i in self.tap_indices:
             losses[f'tap{i}'] = self.tap_weight * relative_mse(
                 taps[i], to_student_order(self.taps.outputs[i]))
+        if self.logit_weight:  # KL between the teacher head's outputs on both token sets
+            t_logp = F.log_softmax(self.teacher.forward_head(to_teacher_order(target)).float(), -1)
+            s_logp = F.log_softmax(self.teacher.forward_head(to_teacher_order(x)).float(), -1)
+            losses['logits'] = self.logit_weight * F.kl_div(s_logp, t_logp, log_target=True,
+                                                            reduction='batchmean')
         self.taps.clear()
         return losses
 

@@ -44,15 +44,18 @@ class DistillConfig:
     stage2_epochs: float = 1.0
     stage1_steps: Optional[int] = None       # override the epochs
     stage2_steps: Optional[int] = None
-    lr1: float = 3e-4
+    lr1: float = 1e-3                        # after the calibration of branch scales
     lr2: float = 1e-4
     weight_decay: float = 0.01
     warmup_fraction: float = 0.05
     min_lr_ratio: float = 0.01
     clip_grad: float = 1.0
+    calibrate: bool = True                   # stage 1 starts with least-squares branch scales
     taps: Sequence[int] = ()                 # stage 2: also match these block outputs
-    cls_weight: float = 1.0
+    cls_weight: float = 1.0                  # stage 2: extra weight of the class token
     tap_weight: float = 1.0
+    logit_weight: float = 0.0                # stage 2: KL of the teacher head's predictions
+    stage1_cls_weight: float = 0.0           # stage 1: extra weight of the class token
     amp: bool = False
     amp_dtype: str = 'bfloat16'              # 'float16' uses a GradScaler (CUDA)
     log_every: int = 20
@@ -215,8 +218,9 @@ def distill(cfg: DistillConfig, printer: Callable[[str], None] = print) -> Dict:
             continue
         start = progress['step'] if stage == progress['stage'] else 0
         params = trainable_stage_parameters(student, stage)
-        module = (BlockMatching(teacher, student) if stage == 1 else
-                  FeatureMatching(teacher, student, cfg.taps, cfg.cls_weight, cfg.tap_weight))
+        module = (BlockMatching(teacher, student, cfg.stage1_cls_weight) if stage == 1 else
+                  FeatureMatching(teacher, student, cfg.taps, cfg.cls_weight, cfg.tap_weight,
+                                  cfg.logit_weight))
         student.train()
         wrapped = module
         if world > 1:
@@ -231,6 +235,12 @@ def distill(cfg: DistillConfig, printer: Callable[[str], None] = print) -> Dict:
                                cfg.workers)
         tic, seen = time.perf_counter(), 0
         clock = tic
+        if stage == 1 and start == 0 and cfg.calibrate:
+            images = next(step_batches(dataset, cfg.batch_size, 0, cfg.seed + 99, rank, world))
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=cfg.amp):
+                calibrated = module.calibrate(images.to(device))
+            log(f'[stage 1] branch scales calibrated: relative MSE per block '
+                f'{calibrated.min():.3f}-{calibrated.max():.3f}')
         for step in range(start, plan[stage]):
             images = next(batches).to(device, non_blocking=True)
             lr = _lr(step, plan[stage], base_lr, cfg.warmup_fraction, cfg.min_lr_ratio)
