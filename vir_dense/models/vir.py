@@ -279,7 +279,8 @@ class ViRTrunk(nn.Module):
         grid = tuple(grid)
         if grid == base_grid:
             return self.pos_embed
-        if torch.is_grad_enabled() and self.pos_embed.requires_grad:
+        if (torch.is_grad_enabled() and self.pos_embed.requires_grad) or \
+                torch.compiler.is_compiling():  # compiled/exported graphs resize in the graph
             return resample_abs_pos_embed(self.pos_embed, new_size=grid, old_size=base_grid,
                                           num_prefix_tokens=0, interpolation='bicubic')
         key = (grid, self.pos_embed.dtype, self.pos_embed.device, self.pos_embed._version)

@@ -14,18 +14,24 @@ _MASK_CACHE_SIZE = 16
 
 def parallel_decay_mask(gamma, layout, causal, dtype):
     """(H, N, N) decay mask for `layout`, in `dtype`, on gamma's device."""
+    if torch.compiler.is_compiling():  # traced into the graph, not cached
+        return _build_mask(gamma, layout, causal, dtype)
     key = (tuple(gamma.tolist()), layout, causal, dtype, gamma.device)
     mask = _MASK_CACHE.get(key)
     if mask is None:
         with torch.no_grad():
-            x, y = (p.to(gamma.device) for p in layout.positions())
-            row_mask = decay_matrix(gamma, layout.grid_rows, causal, dtype)
-            col_mask = decay_matrix(gamma, layout.cols, causal, dtype)
-            mask = row_mask[:, y][:, :, y] * col_mask[:, x][:, :, x]
+            mask = _build_mask(gamma, layout, causal, dtype)
         if len(_MASK_CACHE) >= _MASK_CACHE_SIZE:
             _MASK_CACHE.pop(next(iter(_MASK_CACHE)))
         _MASK_CACHE[key] = mask
     return mask
+
+
+def _build_mask(gamma, layout, causal, dtype):
+    x, y = (p.to(gamma.device) for p in layout.positions())
+    row_mask = decay_matrix(gamma, layout.grid_rows, causal, dtype)
+    col_mask = decay_matrix(gamma, layout.cols, causal, dtype)
+    return row_mask[:, y][:, :, y] * col_mask[:, x][:, :, x]
 
 
 def retention_parallel(q, k, v, gamma, mask='causal_1d', grid=None, cls_token=False):
