@@ -165,3 +165,36 @@ def matmul_speed(size=2048, repeats=10):
         torch.mm(a, b, out=out)
         best = min(best, time.perf_counter() - start)
     return 2 * size ** 3 / best / 1e9, best
+
+
+def _op_counter_class():
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import flop_registry
+    flash_cpu = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default
+
+    class OpCounter(TorchDispatchMode):
+        """Counts every dispatched ATen op and its FLOPs (torch's formulas; the CPU
+        flash-attention kernel, which they skip, as 4 L S d per batch and head)."""
+
+        def __init__(self):
+            super().__init__()
+            self.ops, self.flops = 0, 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            out = func(*args, **kwargs)
+            self.ops += 1
+            if func is flash_cpu:
+                batch, heads, length, dim = args[0].shape
+                self.flops += 4 * batch * heads * length * args[1].shape[2] * dim
+            elif func._overloadpacket in flop_registry:
+                self.flops += flop_registry[func._overloadpacket](*args, **kwargs, out_val=out)
+            return out
+    return OpCounter
+
+
+def __getattr__(name):  # OpCounter needs torch, which the parent process never imports
+    if name == 'OpCounter':
+        return _op_counter_class()
+    raise AttributeError(name)

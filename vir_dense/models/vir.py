@@ -59,8 +59,15 @@ class MultiHeadRetention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
 
     def gamma(self, device):
-        # Not a buffer: model.half() would round the decay; it is cheap to rebuild in float64.
-        return decay_gammas(self.num_heads, device=device, exponents=self.decay_exponents)
+        # Not a buffer: model.half() would round the decay. Kept per device in float64 (six
+        # ops per block and forward otherwise); traced into the graph when compiling.
+        if torch.compiler.is_compiling():
+            return decay_gammas(self.num_heads, device=device, exponents=self.decay_exponents)
+        cache = self.__dict__.setdefault('_gamma_cache', {})
+        if device not in cache:
+            cache[device] = decay_gammas(self.num_heads, device=device,
+                                         exponents=self.decay_exponents)
+        return cache[device]
 
     def _split_heads(self, x):
         batch, tokens, _ = x.shape

@@ -178,18 +178,16 @@ def decay_row_sums(gamma, layout, causal):
 def to_grid(x, layout):
     """(B, H, N, d) token sequence -> (B, H, grid_rows, cols, d), zeros in empty cells."""
     batch, heads, _, dim = x.shape
-    patches = x[:, :, :layout.num_patches].reshape(batch, heads, layout.rows, layout.cols, dim)
-    if not layout.cls_token:
-        return patches
-    cls_row = x.new_zeros(batch, heads, 1, layout.cols, dim)
-    cls_row[:, :, 0, -1] = x[:, :, -1]
-    return torch.cat([patches, cls_row], dim=2)
+    if layout.cls_token:  # cols - 1 empty cells in front of the class token
+        empty = x.new_zeros(batch, heads, layout.cols - 1, dim)
+        x = torch.cat([x[:, :, :-1], empty, x[:, :, -1:]], dim=2)
+    return x.reshape(batch, heads, layout.grid_rows, layout.cols, dim)
 
 
 def from_grid(grid_tensor, layout):
     """Inverse of to_grid: drop the empty cells, back to a (B, H, N, d) sequence."""
     batch, heads, _, _, dim = grid_tensor.shape
-    patches = grid_tensor[:, :, :layout.rows].reshape(batch, heads, layout.num_patches, dim)
+    sequence = grid_tensor.reshape(batch, heads, layout.grid_rows * layout.cols, dim)
     if not layout.cls_token:
-        return patches
-    return torch.cat([patches, grid_tensor[:, :, -1, -1:]], dim=2)
+        return sequence
+    return torch.cat([sequence[:, :, :layout.num_patches], sequence[:, :, -1:]], dim=2)
