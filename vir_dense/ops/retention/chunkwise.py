@@ -11,11 +11,14 @@ chunk g, column x:
 - bidirectional masks add the chunks below, mirrored (gamma^(R-r), S with gamma^r').
 No loop depends on the image size: the ops per call are constant (log-growing for long axes).
 
-Transient memory per call, in elements of the compute dtype (B batch, H heads, N tokens of the
-grid rounded up to whole chunks, C columns, d head dim, s = 1 causal / 2 bidirectional):
-    B H N (R C + 3 s d^2 / R + 3 d)
-(chunk scores, then states S, T and the column-mixed states, plus the permuted q/k/v copies).
-The default R balances the two terms: R C ~ 3 s d^2 / R.
+Transient memory per call (`transient_elements`, measured by tools/measure_retention_memory.py
+and in docs/benchmarks.md), in elements of the compute dtype, for B batch, H heads, G chunks of
+R rows and C columns (N = G R C grid cells), d head dim, s = 1 (causal) or 2 (bidirectional):
+    B H N (4 d + max(R C, 3 s d^2 / R))
+at most: q, k, v and the output on the padded grid; then either the chunk scores, or the column
+states (at most three state-sized tensors alive at once). Both terms are linear in N; 1024-token
+chunks balance them on the grids of dense prediction. Measured at 2048² (ViR-S, 6 heads, one
+call): 1,171 MiB live (formula 1,326) for bidirectional_2d, 646 MiB (714) for causal_2d.
 
 Training saves only q, k, v: the backward pass is three more chunkwise retentions (the gradient
 of (Q K^T ⊙ D) V is itself retention with D or D^T; D^T is D on the grid flipped in both axes),
@@ -64,6 +67,15 @@ class ChunkPlan:
         self.carry = torch.stack([toeplitz(chunk_gamma, self.chunks, kind, dtype)
                                   for kind in kinds], 1)[None]  # (1, H, sides, G, G)
         self.mix_columns = DecaySum(gamma, cols, 'causal' if causal else 'symmetric', dtype)
+
+
+def transient_elements(batch, heads, rows, cols, dim, chunk_rows, causal):
+    """The docstring's transient-memory formula, for a (rows, cols) grid."""
+    chunks = -(-rows // min(max(chunk_rows, 1), rows))
+    chunk_rows = -(-rows // chunks)
+    cells = chunks * chunk_rows * cols
+    states = 3 * (1 if causal else 2) * dim * dim / chunk_rows if chunks > 1 else 0
+    return int(batch * heads * cells * (4 * dim + max(chunk_rows * cols, states)))
 
 
 _PLANS = {}
