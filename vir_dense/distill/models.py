@@ -181,8 +181,11 @@ def build_student(teacher, mask: str = 'bidirectional_2d', normalize_retention: 
 
 
 def trainable_stage_parameters(student, stage: int):
-    """Stage 1 trains each block's retention branch (norm1, retention, ls1); stage 2 all."""
+    """Stage 1 trains each block's retention branch (norm1, retention, ls1); stage 2 all
+    but the classifier head (the teacher's, copied: no objective touches it)."""
     student.requires_grad_(stage == 2)
+    if getattr(student, 'head', None) is not None:
+        student.head.requires_grad_(False)
     if stage == 1:
         for block in student.blocks:
             for module in (block.norm1, block.retention, block.ls1):
