@@ -1,0 +1,76 @@
+#!/usr/bin/env python
+"""Mixed-precision error of the backbones: relative error of `forward_features` under CPU
+autocast (bf16, fp16) vs float32, ViR-S (paper retention, i.e. unnormalized, and normalized)
+vs timm ViT-S, side by side in one run.
+
+    .venv/bin/python tools/benchmark_precision.py [--sizes 512 1024] [--dtypes bfloat16]
+
+Random weights with LayerScale 1.0 (ViR's default 1e-5 would hide the blocks), the same random
+image for every model; error = ||out - out_fp32|| / ||out_fp32||. Writes the table between
+`<!-- precision:start/end -->` in docs/benchmarks.md.
+"""
+import argparse
+import sys
+import time
+
+from benchlib import REPO, write_section
+
+
+def error(name, size, dtype, **kwargs):
+    import timm
+    import torch
+    import vir_dense  # noqa: F401
+    torch.manual_seed(0)
+    model = timm.create_model(name, dynamic_img_size=True, init_values=1.0, **kwargs).eval()
+    image = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        reference = model.forward_features(image)
+        with torch.autocast('cpu', dtype=getattr(torch, dtype)):
+            out = model.forward_features(image)
+    if not torch.isfinite(out).all():
+        return 'non-finite'
+    return f'{((out.float() - reference).norm() / reference.norm()).item() * 100:.2f}%'
+
+
+def main(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--sizes', type=int, nargs='+', default=[512, 1024])
+    parser.add_argument('--dtypes', nargs='+', default=['bfloat16'])
+    parser.add_argument('--threads', type=int, default=2)
+    parser.add_argument('--no-docs', action='store_true')
+    args = parser.parse_args(argv)
+    import torch
+    torch.set_num_threads(args.threads)
+    models = [('ViT-S (timm, SDPA)', 'vit_small_patch16_224', {}),
+              ('ViR-S paper retention, chunkwise', 'vir_small_patch16_224',
+               dict(mask='bidirectional_2d', retention_mode='chunkwise')),
+              ('ViR-S paper retention, parallel', 'vir_small_patch16_224',
+               dict(mask='bidirectional_2d', retention_mode='parallel')),
+              ('ViR-S normalize_retention, chunkwise', 'vir_small_patch16_224',
+               dict(mask='bidirectional_2d', retention_mode='chunkwise',
+                    normalize_retention=True))]
+    start = time.time()
+    lines = ['| model | ' + ' | '.join(f'{d} {s}²' for d in args.dtypes for s in args.sizes)
+             + ' |', '|---|' + '---|' * (len(args.dtypes) * len(args.sizes))]
+    for title, name, kwargs in models:
+        cells = []
+        for dtype in args.dtypes:
+            for size in args.sizes:
+                if kwargs.get('retention_mode') == 'parallel' and size > 1024:
+                    cells.append('-')
+                    continue
+                cells.append(error(name, size, dtype, **kwargs))
+                print(title, dtype, size, cells[-1], flush=True)
+        lines.append(f'| {title} | ' + ' | '.join(cells) + ' |')
+    text = '\n'.join([
+        '## Mixed precision: relative error of the features under CPU autocast vs float32', '',
+        f'`python tools/benchmark_precision.py {" ".join(argv)}` ({(time.time() - start) / 60:.1f}'
+        f' min, {args.threads} threads); random weights, LayerScale 1.0, one image; the '
+        'retention operator computes in float32 inside autocast.', ''] + lines)
+    print(text)
+    if not args.no_docs:
+        write_section(REPO / 'docs' / 'benchmarks.md', text, 'precision')
+
+
+if __name__ == '__main__':
+    main(sys.argv[1:])
