@@ -24,14 +24,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from vir_dense.runner import UserError, run_cli  # noqa: E402
 
 
-def _floats(text):
-    return tuple(float(v) for v in text.replace(',', ' ').split())
-
-
-def _ints(text):
-    return tuple(int(v) for v in text.replace(',', ' ').split())
-
-
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--config', help='JSON file of option defaults (keys as below, with _)')
@@ -48,10 +40,11 @@ def build_parser():
                                       'causal_1d'], help='default bidirectional_2d (the configs)')
     g.add_argument('--normalize-retention', action='store_true', default=None,
                    help='decay-weighted mean retention (the config must then set it too)')
-    g.add_argument('--decay-exponents', type=_floats, help='"first last", default "5 9"')
+    g.add_argument('--decay-exponents', type=float, nargs=2, metavar=('FIRST', 'LAST'),
+                   help='default 5 9')
     g.add_argument('--img-size', type=int, help='resolution (default: the teacher file\'s)')
-    g.add_argument('--mean', type=_floats, help='default: the teacher\'s pretrained_cfg')
-    g.add_argument('--std', type=_floats)
+    g.add_argument('--mean', type=float, nargs=3, help='default: the teacher\'s pretrained_cfg')
+    g.add_argument('--std', type=float, nargs=3)
     g.add_argument('--crop-pct', type=float)
     g.add_argument('--interpolation', choices=['bicubic', 'bilinear', 'nearest'])
     g.add_argument('--augment', choices=['rrc', 'flip', 'none'],
@@ -72,8 +65,8 @@ def build_parser():
     g.add_argument('--clip-grad', type=float)
     g.add_argument('--no-calibrate', dest='calibrate', action='store_false', default=None,
                    help='skip the least-squares fit of the branch scales before stage 1')
-    g.add_argument('--taps', type=_ints, help='stage 2: also match these block outputs, '
-                   'e.g. "3 5 7"')
+    g.add_argument('--taps', type=int, nargs='+', help='stage 2: also match these block '
+                   'outputs, e.g. --taps 0 1 2')
     g.add_argument('--cls-weight', type=float, help='stage 2: extra weight of the class '
                    'token (default 1)')
     g.add_argument('--tap-weight', type=float, help='weight of each tap (default 1)')

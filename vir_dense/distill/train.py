@@ -205,7 +205,14 @@ def distill(cfg: DistillConfig, printer: Callable[[str], None] = print) -> Dict:
         ckpt = torch.load(path, map_location='cpu', weights_only=True)
         student.load_state_dict(ckpt['student'])
         progress, optimizer_state = ckpt['progress'], ckpt['optimizer']
-        log(f'resumed from {path}: stage {progress["stage"]}, step {progress["step"]}')
+        log(f'resumed from {path}: stage {progress["stage"]}, step {progress["step"]}'
+            + (' (both stages were done: only the output is written)'
+               if progress['stage'] > 2 else ''))
+        now = _jsonable(dataclasses.asdict(cfg))
+        changed = sorted(k for k, v in ckpt.get('config', {}).items()
+                         if k not in ('resume', 'work_dir', 'output') and now.get(k) != v)
+        if changed:
+            log(f'warning: settings differ from the run being resumed: {changed}')
     teacher.to(device)
     student.to(device)
 
