@@ -71,7 +71,8 @@ def test_create_model_kwargs_select_the_mode():
 
 
 def test_streaming_keeps_one_state_per_layer():
-    """Causal chunkwise/recurrent modes feed pieces through all blocks, never the sequence."""
+    """A causal chunkwise classifier (last token only) feeds pieces through all blocks, never
+    the sequence; dense features (every token) run block by block instead."""
     ctx = RetentionContext('causal_2d', 'chunkwise', (6, 5), True, 10)
     pieces = stream_pieces(ctx)
     assert [p.num_tokens for p in pieces] == [10, 10, 11]  # 2 rows per chunk, class token last
@@ -85,6 +86,8 @@ def test_streaming_keeps_one_state_per_layer():
         block.retention.forward_stream = spy
     with torch.no_grad():
         model.forward_features(torch.randn(1, 3, 80, 64, dtype=torch.float64))
+        assert seen == []
+        model(torch.randn(1, 3, 80, 64, dtype=torch.float64))
     # 5x4 grid, chunks of 4 rows = 16 tokens: 16, then 4 + the class token; per block.
     assert seen == [16] * 3 + [5] * 3
 

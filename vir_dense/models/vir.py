@@ -4,11 +4,11 @@ A plain ViT whose attention is replaced by multi-head retention (vir_dense.ops.r
 pre-norm blocks with LayerScale, learned position embedding on the patches only, and a class
 token appended *last* so that under a causal mask it is the one token that sees every patch.
 
-In 'parallel' mode every block sees the whole sequence. In 'recurrent' and 'chunkwise' modes
-with a causal mask, `run_blocks` streams one token (or one chunk of rows) through *all* blocks
-before the next, keeping one state per block: memory then no longer depends on the number of
-tokens. Bidirectional masks need the whole sequence per block, so they run block by block with
-the linear-memory forms of the operator.
+In 'parallel' and 'chunkwise' modes each block sees the whole sequence (chunkwise: a fixed
+number of large ops per block, memory linear in the tokens). With a causal mask, 'recurrent'
+mode and a chunkwise classifier that only needs the last token stream one token (or one chunk
+of rows) through *all* blocks before the next, keeping one state per block: memory then no
+longer depends on the number of tokens.
 """
 from dataclasses import dataclass, replace
 from functools import partial
@@ -186,7 +186,12 @@ def run_blocks(blocks, x, ctx: RetentionContext, out_indices=(), with_cp=False,
     ctx = replace(ctx, mode=resolve_mode(ctx.mode, x.shape[1], ctx.chunk_size))
     causal, _ = parse_mask(ctx.mask)
     taps = {}
-    if ctx.mode == 'parallel' or not causal:
+    # Streaming (one piece through all blocks, one state per block) bounds memory when only
+    # the last token is wanted, and is what recurrent mode is; dense outputs need every token
+    # anyway, so chunkwise runs block by block: a fixed number of ops per block.
+    streaming = causal and (ctx.mode == 'recurrent' or
+                            (ctx.mode == 'chunkwise' and last_token_only))
+    if not streaming:
         for index, block in enumerate(blocks):
             if with_cp and x.requires_grad:
                 x = checkpoint(block, x, ctx, use_reentrant=False)
