@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from timm.layers import DropPath, LayerScale, Mlp, PatchEmbed, resample_abs_pos_embed
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
 
 from vir_dense.ops.retention import (DEFAULT_CHUNK, RecurrentState, TokenLayout, check_mode,
                                      chunk_step, decay_gammas, decay_row_sums, make_layout,
@@ -334,6 +335,9 @@ class VisionRetention(ViRTrunk):
         if num_classes > 0:
             nn.init.trunc_normal_(self.head.weight, std=0.02)
             nn.init.zeros_(self.head.bias)
+        reduction = self.patch_embed.patch_size[0]
+        self.feature_info = [dict(module=f'blocks.{i}', num_chs=self.embed_dim,
+                                  reduction=reduction) for i in range(len(self.blocks))]
 
     # --- timm conventions ---------------------------------------------------------------
     @torch.jit.ignore
@@ -365,6 +369,40 @@ class VisionRetention(ViRTrunk):
         x, _ = run_blocks(self.blocks, x, self.context(grid), with_cp=self.grad_checkpointing,
                           last_token_only=last_token_only)
         return self.norm(x)
+
+    def forward_intermediates(self, x, indices=None, norm=False, stop_early=False,
+                              output_fmt='NCHW', intermediates_only=False):
+        """timm's feature API: the patch tokens after the blocks in `indices` (the last n
+        blocks if an int, all if None) as NCHW maps at the patch stride, for any input size
+        and retention mode; with the final features unless `intermediates_only`."""
+        if output_fmt not in ('NCHW', 'NLC'):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        blocks = self.blocks[:max_index + 1] if stop_early or intermediates_only else \
+            self.blocks
+        tokens, grid = self.embed(x)
+        tokens, taps = run_blocks(blocks, tokens, self.context(grid), out_indices=take_indices,
+                                  with_cp=self.grad_checkpointing)
+        intermediates = []
+        for index in take_indices:
+            patches = taps[index][:, :-1]  # the class token is the last token
+            patches = self.norm(patches) if norm else patches
+            if output_fmt == 'NCHW':
+                patches = patches.reshape(x.shape[0], *grid, -1).permute(0, 3, 1, 2)
+            intermediates.append(patches.contiguous())
+        if intermediates_only:
+            return intermediates
+        return self.norm(tokens), intermediates
+
+    def prune_intermediate_layers(self, indices=1, prune_norm=False, prune_head=True):
+        """Drop the blocks after the last one `indices` needs (timm's features_only)."""
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        self.blocks = self.blocks[:max_index + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, '')
+        return take_indices
 
     def forward_head(self, x, pre_logits=False):
         if self.global_pool == 'token':
@@ -409,8 +447,13 @@ def _checkpoint_filter_fn(state_dict, model):
 
 
 def _create_vir(variant, pretrained=False, **kwargs):
+    out_indices = kwargs.pop('out_indices', 3)
+    if kwargs.get('features_only'):  # a dense-feature extractor takes any input size
+        kwargs.setdefault('dynamic_img_size', True)
     return build_model_with_cfg(VisionRetention, variant, pretrained,
-                                pretrained_filter_fn=_checkpoint_filter_fn, **kwargs)
+                                pretrained_filter_fn=_checkpoint_filter_fn,
+                                feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
+                                **kwargs)
 
 
 ARCHS = {  # name: (patch_size, embed_dim, depth, num_heads)
