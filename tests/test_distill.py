@@ -129,6 +129,9 @@ def test_stage_1_lowers_block_losses_and_trains_only_retention_branches(setup, t
     with torch.no_grad():
         after = BlockMatching(teacher, student)(images)
     assert (after < 0.5 * before).all(), (before, after)  # every block's matching improves
+    # ... and not only by the closed-form calibration: the gradient steps lower it too
+    losses = [json.loads(line)['loss'] for line in open(tmp_path / 'log.jsonl')]
+    assert len(losses) == 6 and losses[-1] < 0.9 * losses[0], losses
     for key, value in naive.state_dict().items():
         in_branch = any(part in key for part in ('.norm1.', '.retention.', '.ls1.'))
         assert torch.equal(student.state_dict()[key], value) != in_branch, key
