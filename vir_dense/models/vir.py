@@ -443,6 +443,15 @@ def _checkpoint_filter_fn(state_dict, model):
     from vir_dense.mm.checkpoint import convert_to_vir  # late: mm side imports mmengine
     converted, report = convert_to_vir(state_dict, model)
     print(report)
+    # A ViR classifier's own head fits when its shape does (e.g. a distilled student with the
+    # teacher's head); heads of other models or other class counts are never used.
+    head = getattr(model, 'head', None)
+    is_vir = any('.retention.' in key for key in state_dict)
+    if is_vir and isinstance(head, nn.Linear):
+        for name in ('weight', 'bias'):
+            tensor = state_dict.get(f'head.{name}')
+            if tensor is not None and tensor.shape == getattr(head, name).shape:
+                converted[f'head.{name}'] = tensor
     return converted
 
 
