@@ -45,14 +45,15 @@ def tiny_options(data_root, seed=True):
     ] + (['randomness.seed=0'] if seed else [])
 
 
-def run_tool(args, cwd, check=True):
-    env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
-    proc = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f'{args[0]} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n'
-                             f'{proc.stderr[-6000:]}')
-    return proc
+def forget_visualizers():
+    """The configs name their visualizer 'visualizer'; mmengine keeps one instance per name
+    per process, so a second in-process run would log into the first run's folder."""
+    from mmengine.visualization import Visualizer
+    classes = [Visualizer]
+    while classes:
+        cls = classes.pop()
+        classes.extend(cls.__subclasses__())
+        cls._instance_dict.pop('visualizer', None)
 
 
 def run_in_process(tool, args):
@@ -62,6 +63,7 @@ def run_in_process(tool, args):
     spec = importlib.util.spec_from_file_location(f'_vir_{tool}', ROOT / 'tools' / f'{tool}.py')
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    forget_visualizers()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -92,8 +94,9 @@ def trained(tmp_path_factory):
     base = tmp_path_factory.mktemp('det_train')
     data_root = make_coco_dataset(base / 'coco', num_train=8, num_val=4, image_size=SIZE)
     work_dir = base / 'run'
-    run_tool([str(ROOT / 'tools' / 'train.py'), CONFIG, '--work-dir', str(work_dir),
-              '--cfg-options', *tiny_options(data_root)], cwd=base)
+    # tools/train.py in this process (1 thread); its command line runs in test_dist_train.py.
+    run_in_process('train', [CONFIG, '--work-dir', str(work_dir),
+                             '--cfg-options', *tiny_options(data_root)])
     return dict(base=base, data_root=data_root, work_dir=work_dir)
 
 
@@ -116,11 +119,9 @@ def test_train_writes_checkpoints_and_val_metrics(trained):
 def test_resume_continues_exactly(trained):
     """Stopped after epoch 1 and resumed (without repeating --cfg-options randomness.seed: the
     checkpoint's seed is used): the same losses and bitwise the same weights and optimizer
-    state as the uninterrupted run (CPU, 1 thread in both runs; the first in a subprocess,
-    the resumed one in this process)."""
+    state as the uninterrupted run (CPU, 1 thread in both runs)."""
     work_dir = trained['work_dir']
     resumed_dir = trained['base'] / 'resumed'
-    # In this process (1 thread, like the first run's subprocess): saves an interpreter start.
     run_in_process('train', [CONFIG, '--work-dir', str(resumed_dir),
                              '--resume', str(work_dir / 'epoch_1.pth'),
                              '--cfg-options', *tiny_options(trained['data_root'], seed=False)])
