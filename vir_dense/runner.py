@@ -399,9 +399,12 @@ def set_rng_state(state):
 
 def checkpoint_seed(path):
     """The `meta.seed` of an mmengine checkpoint (None if it has none)."""
+    import zipfile
+
     import torch
-    try:
-        checkpoint = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
+    try:  # mmap: only the pickled metadata is read, not the weights
+        checkpoint = torch.load(path, map_location='cpu', weights_only=True,
+                                mmap=zipfile.is_zipfile(path))
     except Exception as err:  # noqa: BLE001  (reported as a user error with the cause)
         raise UserError(f'checkpoint {path} could not be read ({type(err).__name__}: {err}); '
                         'is the file complete?') from err
