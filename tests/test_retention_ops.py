@@ -234,3 +234,18 @@ def test_wide_grids_and_many_chunks_match_naive(mask):
                             chunk_size=chunk_size, gamma=gamma)
         torch.testing.assert_close(out, reference, rtol=0, atol=1e-10,
                                    msg=f'chunk {chunk_size} grad {grad}')
+
+
+def test_auto_mode_picks_parallel_for_short_sequences_and_chunkwise_above():
+    from vir_dense.ops.retention import resolve_mode
+    assert resolve_mode('auto', 1025, 1024) == 'parallel'  # a 512² crop with its class token
+    assert resolve_mode('auto', 2048, 1024) == 'parallel'
+    assert resolve_mode('auto', 2049, 1024) == 'chunkwise'
+    assert resolve_mode('recurrent', 10, 1024) == 'recurrent'
+    grid = (9, 8)
+    q, k, v = _qkv(grid[0] * grid[1] + 1, torch.float64)
+    reference = retention_naive(q, k, v, decay_gammas(3), 'bidirectional_2d', grid, True)
+    for chunk_size in (8, 100):  # chunkwise, then parallel
+        out = retention(q, k, v, mask='bidirectional_2d', mode='auto', grid=grid,
+                        cls_token=True, chunk_size=chunk_size)
+        torch.testing.assert_close(out, reference, rtol=0, atol=1e-10)

@@ -56,7 +56,7 @@ class ViR(ViRTrunk, BaseModule):
         mask: 'causal_1d' | 'causal_2d' | 'bidirectional_1d' | 'bidirectional_2d'.
         retention_mode: 'auto' | 'parallel' | 'chunkwise' | 'recurrent' (same outputs;
             chunkwise and recurrent keep memory linear in the number of tokens; 'auto' runs
-            parallel while the tokens fit in one chunk, else chunkwise).
+            parallel up to two chunks of tokens, else chunkwise).
         chunk_size: tokens per chunk in chunkwise mode (rounded to whole rows for 2D masks).
         normalize_retention: divide each token's retention output by its decay-mask row sum
             (a decay-weighted mean instead of a sum; not in the paper). Without it, outputs

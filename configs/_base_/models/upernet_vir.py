@@ -29,7 +29,7 @@ model = dict(
         # every patch sees its whole neighbourhood (all four quadrants), weighted by
         # gamma^(|dx|+|dy|); still has linear-memory chunkwise/recurrent forms
         mask='bidirectional_2d',
-        # parallel while the tokens fit in one chunk (512² crops), chunkwise above (whole-image
+        # parallel up to two chunks of tokens (512² crops), chunkwise above (whole-image
         # inference at any size): the same function either way
         retention_mode='auto',
         chunk_size=1024,

@@ -37,13 +37,17 @@ def check_mode(mode):
 
 
 def resolve_mode(mode, num_tokens, chunk_size):
-    """'auto' is 'parallel' while the sequence fits in one chunk (one masked matmul, and
-    autograd keeps its scores: the fastest backward), else 'chunkwise' (linear memory, a
-    fixed number of ops, a backward that recomputes instead of keeping scores)."""
+    """'auto' is 'parallel' up to two chunks of tokens (one masked matmul, and autograd keeps
+    its scores: the fastest backward), else 'chunkwise' (linear memory, a fixed number of ops,
+    a backward that recomputes instead of keeping scores).
+
+    Measured (docs/benchmarks.md, ViR-S training step, chunk 1024): at 512² (1,025 tokens)
+    parallel took 4.6 s vs chunkwise 5.4 s; at 1024² (4,097 tokens) chunkwise wins.
+    """
     check_mode(mode)
     if mode != 'auto':
         return mode
-    return 'parallel' if num_tokens <= chunk_size else 'chunkwise'
+    return 'parallel' if num_tokens <= 2 * chunk_size else 'chunkwise'
 
 
 PAPER_DECAY_EXPONENTS = (5.0, 9.0)
