@@ -63,3 +63,29 @@ def test_fp16_model_stays_finite_and_close():
     """fp16 autocast: without float32 sums the unnormalized outputs overflow fp16's range."""
     error = _autocast_error(256, torch.float16, 'chunkwise')
     assert error < 0.01, error
+
+
+@pytest.mark.parametrize('mode', ['recurrent', 'chunkwise'])
+def test_streaming_states_stay_float32_under_autocast(mode):
+    """A causal classifier streams pieces through all blocks keeping one state per block;
+    under bf16 autocast those states must stay float32 (in bf16 they lose the small terms,
+    more with every piece)."""
+    torch.manual_seed(0)
+    model = timm.create_model('vir_tiny_patch16_224', depth=2, mask='causal_2d',
+                              retention_mode=mode, chunk_size=16, init_values=1.0,
+                              dynamic_img_size=True).eval()
+    states = []
+    for block in model.blocks:
+        def spy(x, state, piece, _inner=block.retention.forward_stream):
+            out, new_state = _inner(x, state, piece)
+            states.append(new_state)
+            return out, new_state
+        block.retention.forward_stream = spy
+    image = torch.randn(1, 3, 64, 80)
+    with torch.no_grad():
+        reference = model(image)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            logits = model(image)
+    dtypes = {(s.row if hasattr(s, 'row') else s).dtype for s in states if s is not None}
+    assert dtypes == {torch.float32}, dtypes
+    assert ((logits.float() - reference).norm() / reference.norm()) < 0.05
