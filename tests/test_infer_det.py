@@ -97,6 +97,22 @@ def test_infer_det_clear_errors(checkpoint, images, tmp_path, capsys):
     assert proc.returncode == 2 and 'no images found' in proc.stderr
 
 
+def test_infer_det_refuses_a_checkpoint_of_another_config(checkpoint, images, capsys):
+    """The tiny checkpoint has 1 block; the config with 2 blocks (and the full config with its
+    other classes) must stop with what differs, never run a half-random model."""
+    two_blocks = [o for o in OPTIONS if 'num_layers' not in o] + [
+        'model.backbone.arch.num_layers=2']
+    proc = run_infer([CONFIG, str(checkpoint), str(images), '--cfg-options', *two_blocks],
+                     capsys)
+    assert proc.returncode == 2 and 'does not match the model' in proc.stderr, proc.stderr
+    assert 'keys missing from the checkpoint: backbone.blocks.1.' in proc.stderr
+    assert 'Traceback' not in proc.stderr
+    full = str(ROOT / 'configs' / 'maskrcnn_vir_s_coco.py')
+    proc = run_infer([full, str(checkpoint), str(images)], capsys)
+    assert proc.returncode == 2 and 'does not match the model' in proc.stderr
+    assert 'classes in the checkpoint vs 81 in the config' in proc.stderr, proc.stderr
+
+
 def test_python_api(checkpoint, images):
     from pycocotools import mask as mask_utils
 

@@ -62,6 +62,7 @@ def main(argv=None):
     from tqdm import tqdm
 
     from vir_dense.apis import det, inputs as input_utils
+    from vir_dense.apis.seg import CheckpointMismatchError
 
     if args.device.startswith('cuda') and not torch.cuda.is_available():
         raise vr.UserError(f'--device {args.device}: CUDA is not available here; use cpu')
@@ -72,8 +73,11 @@ def main(argv=None):
     except FileNotFoundError as err:
         raise vr.UserError(str(err)) from err
     vr.check_file(args.checkpoint, 'checkpoint')
-    model = det.init_detector(args.config, args.checkpoint, device=args.device,
-                              cfg_options=args.cfg_options)
+    try:
+        model = det.init_detector(args.config, args.checkpoint, device=args.device,
+                                  cfg_options=args.cfg_options)
+    except CheckpointMismatchError as err:
+        raise vr.UserError(str(err)) from None
     pipeline = det.build_test_pipeline(model.cfg)
     category_ids = det.coco_category_ids(model)
     known_ids = det.coco_image_ids(model)

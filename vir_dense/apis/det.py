@@ -26,9 +26,8 @@ def init_detector(config, checkpoint: Optional[str] = None, device: str = 'cpu',
     ``config`` is a path or an mmengine Config. Without a checkpoint the model keeps its random
     init (the backbone's pretrained import is skipped either way). The model gets ``.cfg``.
     """
-    from mmengine.runner import load_checkpoint
-
     from vir_dense import runner as vr
+    from vir_dense.apis.seg import load_model_checkpoint
     config = vr.scoped_config(config, cfg_options, 'mmdet')
     from mmdet.registry import MODELS
 
@@ -40,8 +39,9 @@ def init_detector(config, checkpoint: Optional[str] = None, device: str = 'cpu',
     meta = {}
     if checkpoint is not None:
         vr.check_file(checkpoint, 'checkpoint')
-        ckpt = load_checkpoint(model, checkpoint, map_location='cpu', logger='silent')
-        meta = (ckpt.get('meta') or {}).get('dataset_meta') or {}
+        # strict, as segmentation: a checkpoint of another config stops with what differs
+        meta = load_model_checkpoint(model, checkpoint, 'the detector config')
+        meta = meta.get('dataset_meta') or {}
     if not meta.get('classes'):
         meta = _config_metainfo(config)
     model.dataset_meta = meta

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from .inputs import collect_images, read_rgb
 from .seg_lean import _slide_logits, _whole_logits, upsample_argmax
 
-__all__ = ['init_segmentor', 'configure_inference', 'load_segmentor_checkpoint',
+__all__ = ['init_segmentor', 'configure_inference', 'load_model_checkpoint',
            'CheckpointMismatchError', 'build_inference_pipeline', 'segment_array',
            'upsample_argmax', 'colorize', 'overlay', 'segment_images', 'SegmentReport',
            'dataset_meta_from_config', 'RETENTION_MODES', 'TEST_MODES']
@@ -85,7 +85,7 @@ def init_segmentor(config, checkpoint: Optional[str] = None, device: str = 'cpu'
     meta = {}
     if checkpoint is not None:
         vr.check_file(checkpoint, 'checkpoint')
-        ckpt_meta = load_segmentor_checkpoint(model, checkpoint,
+        ckpt_meta = load_model_checkpoint(model, checkpoint,
                                               config_name=config.filename or 'the config')
         meta = dict(ckpt_meta.get('dataset_meta') or {})
     if not meta.get('classes'):
@@ -165,8 +165,8 @@ def dataset_meta_from_config(cfg) -> dict:
     return {}
 
 
-def load_segmentor_checkpoint(model, path: str, config_name: str = 'the config') -> dict:
-    """Load every parameter of ``model`` from an mmseg checkpoint; return the checkpoint's meta.
+def load_model_checkpoint(model, path: str, config_name: str = 'the config') -> dict:
+    """Load every parameter of ``model`` from an mmdet/mmseg checkpoint; return its meta.
 
     The file is read weights-only (mmengine's own types are allowed by vir_dense.compat).
     Missing keys, unexpected keys or shape mismatches raise :class:`CheckpointMismatchError`
@@ -204,14 +204,16 @@ def _mismatch_message(path, config_name, ckpt, own, missing, unexpected, shapes)
     lines = [f'checkpoint {path} does not match the model of {config_name}: was it trained '
              'with another config?']
     hints = []
-    width_key, classes_key = 'backbone.pos_embed', 'decode_head.conv_seg.weight'
+    width_key = 'backbone.pos_embed'
     if width_key in ckpt and width_key in own and ckpt[width_key].shape != own[width_key].shape:
         hints.append(f'backbone width/grid {tuple(ckpt[width_key].shape)} in the checkpoint vs '
                      f'{tuple(own[width_key].shape)} in the config (arch or img_size differ)')
-    if classes_key in ckpt and classes_key in own and \
-            ckpt[classes_key].shape[0] != own[classes_key].shape[0]:
-        hints.append(f'{ckpt[classes_key].shape[0]} classes in the checkpoint vs '
-                     f'{own[classes_key].shape[0]} in the config')
+    # mmseg's decode head, mmdet's Mask R-CNN box classifier (+1: background)
+    for classes_key in ('decode_head.conv_seg.weight', 'roi_head.bbox_head.fc_cls.weight'):
+        if classes_key in ckpt and classes_key in own and \
+                ckpt[classes_key].shape[0] != own[classes_key].shape[0]:
+            hints.append(f'{ckpt[classes_key].shape[0]} classes in the checkpoint vs '
+                         f'{own[classes_key].shape[0]} in the config ({classes_key})')
     lines += [f'  hint: {h}' for h in hints]
     if shapes:
         lines.append(f'  {len(shapes)} shape mismatches: ' + sample(
