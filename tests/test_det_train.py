@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from inprocess import forget_visualizers
 from vir_dense.compat import allow_mmengine_checkpoint_types
 from vir_dense.datasets import make_coco_dataset
 
@@ -43,17 +44,6 @@ def tiny_options(data_root, seed=True):
         'default_hooks.checkpoint.interval=1', 'default_hooks.checkpoint.max_keep_ckpts=3',
         'default_hooks.logger.interval=1',
     ] + (['randomness.seed=0'] if seed else [])
-
-
-def forget_visualizers():
-    """The configs name their visualizer 'visualizer'; mmengine keeps one instance per name
-    per process, so a second in-process run would log into the first run's folder."""
-    from mmengine.visualization import Visualizer
-    classes = [Visualizer]
-    while classes:
-        cls = classes.pop()
-        classes.extend(cls.__subclasses__())
-        cls._instance_dict.pop('visualizer', None)
 
 
 def run_in_process(tool, args):

@@ -10,6 +10,7 @@ import torch
 from mmengine.config import Config
 from PIL import Image
 
+from inprocess import forget_visualizers
 from vir_dense.datasets.synthetic import (SYNTHETIC_CLASSES, SYNTHETIC_PALETTE,
                                           make_ade20k_dataset)
 
@@ -99,17 +100,6 @@ default_hooks = dict(logger=dict(interval=1),
                      checkpoint=dict(interval=2, save_best=None, max_keep_ckpts=-1),
                      visualization=dict(type='SegVisualizationHook', draw=False))
 """
-
-
-def forget_visualizers():
-    """The configs name their visualizer 'visualizer'; mmengine keeps one instance per name
-    per process, so a second in-process run would log into the first run's folder."""
-    from mmengine.visualization import Visualizer
-    classes = [Visualizer]
-    while classes:
-        cls = classes.pop()
-        classes.extend(cls.__subclasses__())
-        cls._instance_dict.pop('visualizer', None)
 
 
 def _train_in_process(config, work_dir, *extra):

@@ -18,6 +18,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 RESULT_TAG = '@@bench@@ '
 GIB, MIB = 1 << 30, 1 << 20
+# glibc keeps tensors above its mmap threshold (<= 32 MB) in fresh mappings that page-fault on
+# first touch; children measuring large-tensor code raise it (docs/benchmarks.md).
+MALLOC_ENV = {'MALLOC_MMAP_THRESHOLD_': str(1 << 34), 'MALLOC_TRIM_THRESHOLD_': str(1 << 34)}
 
 
 # --------------------------------------------------------------------------------------------

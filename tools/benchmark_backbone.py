@@ -34,12 +34,11 @@ import statistics
 import sys
 import time
 
-from benchlib import (MIB, REPO, cpu_name, emit, failure, launch, loadavg, matmul_speed,
-                      mem_available, reset_peak_rss, status_bytes, write_section)
+from benchlib import (MALLOC_ENV, MIB, REPO, cpu_name, emit, failure, launch, loadavg,
+                      matmul_speed, mem_available, reset_peak_rss, status_bytes, write_section)
 
 VIR, VIT = 'vir_small_patch16_224', 'vit_small_patch16_224'
 HEADS, DIM = 6, 384
-MALLOC_ENV = {'MALLOC_MMAP_THRESHOLD_': str(1 << 34), 'MALLOC_TRIM_THRESHOLD_': str(1 << 34)}
 
 
 # --------------------------------------------------------------------------------------------

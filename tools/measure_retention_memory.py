@@ -12,9 +12,7 @@ import argparse
 import json
 import sys
 
-from benchlib import MIB, emit, failure, launch, reset_peak_rss, status_bytes
-
-MALLOC_ENV = {'MALLOC_MMAP_THRESHOLD_': str(1 << 34), 'MALLOC_TRIM_THRESHOLD_': str(1 << 34)}
+from benchlib import MALLOC_ENV, MIB, emit, failure, launch, reset_peak_rss, status_bytes
 
 
 def child(cfg):

@@ -41,14 +41,18 @@ def rows_per_chunk(chunk_size, cols):
     return max(1, chunk_size // cols)
 
 
+def balanced_chunks(rows, chunk_rows):
+    """(chunks, rows per chunk): as many chunks as `chunk_rows` asks for, of balanced size
+    (less padding)."""
+    chunks = -(-rows // min(max(chunk_rows, 1), rows))
+    return chunks, -(-rows // chunks)
+
+
 class ChunkPlan:
     """The constants of one chunked geometry: masks, powers and decay sums (cached)."""
 
     def __init__(self, gamma, rows, cols, chunk_rows, causal, dtype, stream=False):
-        # As many chunks as `chunk_rows` asks for, of balanced size (less padding).
-        self.chunks = -(-rows // min(chunk_rows, rows))
-        self.rows, self.chunk_rows = rows, -(-rows // self.chunks)
-        self.causal = causal
+        self.chunks, self.chunk_rows = balanced_chunks(rows, chunk_rows)
         layout = TokenLayout(self.chunk_rows, cols)
         self.intra_mask = parallel_decay_mask(gamma, layout, causal, dtype)[None, :, None]
         if self.chunks == 1 and not stream:
@@ -71,8 +75,7 @@ class ChunkPlan:
 
 def transient_elements(batch, heads, rows, cols, dim, chunk_rows, causal):
     """The docstring's transient-memory formula, for a (rows, cols) grid."""
-    chunks = -(-rows // min(max(chunk_rows, 1), rows))
-    chunk_rows = -(-rows // chunks)
+    chunks, chunk_rows = balanced_chunks(rows, chunk_rows)
     cells = chunks * chunk_rows * cols
     states = 3 * (1 if causal else 2) * dim * dim / chunk_rows if chunks > 1 else 0
     return int(batch * heads * cells * (4 * dim + max(chunk_rows * cols, states)))
