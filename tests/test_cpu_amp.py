@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from mmengine.config import Config, DictAction
 
-from vir_dense import runner as vr
+from vir_dense.config import load_config, register_scope
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / 'configs' / 'maskrcnn_vir_t_synthetic.py')
@@ -28,8 +28,8 @@ def _config():
     parser = argparse.ArgumentParser()
     parser.add_argument('--cfg-options', nargs='+', action=DictAction)
     options = parser.parse_args(['--cfg-options', *OPTIONS]).cfg_options
-    cfg = vr.load_config(CONFIG, options)
-    vr.register_scope('mmdet')
+    cfg = load_config(CONFIG, options)
+    register_scope('mmdet')
     return cfg
 
 

@@ -179,7 +179,7 @@ def test_bad_teachers_stop_with_a_clear_message(setup, tmp_path, capsys):
         'distill_cli', os.path.join(ROOT, 'tools', 'distill_vit_to_vir.py'))
     cli = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cli)
-    from vir_dense.runner import run_cli
+    from vir_dense.cli import run_cli
     with pytest.raises(SystemExit) as exit_info:
         run_cli(cli.main, ['--teacher', 'vit_small_patch16_224', '--teacher-checkpoint',
                            teacher_path, '--data', data, '--work-dir', str(tmp_path / 'w')])

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from vir_dense.datasets import SYNTHETIC_CLASSES, render_scene
-from vir_dense.runner import run_cli
+from vir_dense.cli import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / 'configs' / 'maskrcnn_vir_t_synthetic.py')
@@ -104,13 +104,14 @@ def test_infer_det_refuses_a_checkpoint_of_another_config(checkpoint, images, ca
         'model.backbone.arch.num_layers=2']
     proc = run_infer([CONFIG, str(checkpoint), str(images), '--cfg-options', *two_blocks],
                      capsys)
-    assert proc.returncode == 2 and 'does not match the model' in proc.stderr, proc.stderr
+    assert proc.returncode == 2 and 'does not fit the model' in proc.stderr, proc.stderr
     assert 'keys missing from the checkpoint: backbone.blocks.1.' in proc.stderr
     assert 'Traceback' not in proc.stderr
     full = str(ROOT / 'configs' / 'maskrcnn_vir_s_coco.py')
     proc = run_infer([full, str(checkpoint), str(images)], capsys)
-    assert proc.returncode == 2 and 'does not match the model' in proc.stderr
-    assert 'classes in the checkpoint vs 81 in the config' in proc.stderr, proc.stderr
+    assert proc.returncode == 2 and 'does not fit the model' in proc.stderr
+    assert 'another number of classes: roi_head.bbox_head.fc_cls.weight has' in proc.stderr
+    assert 'vs 81 in the config' in proc.stderr, proc.stderr
 
 
 def test_python_api(checkpoint, images):

@@ -116,20 +116,20 @@ def test_in_process_matches_segment_array(model, checkpoint, image_folder, tmp_p
 
 def test_checkpoint_of_another_config_is_refused(model, tmp_path, image_folder):
     tool = _load_tool()
-    from vir_dense import runner as vr
+    from vir_dense.errors import CheckpointMismatchError
     state = {k: v.clone() for k, v in model.state_dict().items()}
     state['decode_head.conv_seg.weight'] = torch.zeros(7, *state['decode_head.conv_seg.weight']
                                                        .shape[1:])
     del state['backbone.blocks.11.mlp.fc2.weight']
     wrong = tmp_path / 'other_config.pth'
     torch.save(dict(meta={}, state_dict=state), wrong)
-    with pytest.raises(vr.UserError) as info:
+    with pytest.raises(CheckpointMismatchError) as info:
         tool.main([CONFIG, str(wrong), str(image_folder), '--out-dir', str(tmp_path / 'o'),
                    '--no-progress'])
     message = str(info.value)
-    assert str(wrong) in message and 'does not match' in message
+    assert str(wrong) in message and 'does not fit' in message
     assert 'upernet_vir_t_synthetic' in message
-    assert 'decode_head.conv_seg.weight' in message and '7 classes' in message
+    assert 'another number of classes: decode_head.conv_seg.weight has 7 rows' in message
     assert 'backbone.blocks.11.mlp.fc2.weight' in message
     assert not (tmp_path / 'o').exists()
 

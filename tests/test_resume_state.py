@@ -1,4 +1,4 @@
-"""The pieces of exact resume (vir_dense.runner): generator states as plain data that round-trip,
+"""The pieces of exact resume (vir_dense.mm.resume): generator states as plain data that round-trip,
 and a resumed run's config taking the checkpoint's seed. The end-to-end checks (bitwise equal
 weights after --resume) are in test_det_train.py and test_seg_train.py."""
 import random
@@ -8,7 +8,8 @@ import pytest
 import torch
 from mmengine.config import Config
 
-from vir_dense import runner as vr
+from vir_dense.errors import CheckpointError
+from vir_dense.mm import resume as vr
 
 
 def _draws():
@@ -59,6 +60,6 @@ def test_resumed_config_takes_the_checkpoint_seed(tmp_path, capsys):
     assert vr.use_checkpoint_seed(fresh) is None and 'randomness' not in fresh
     broken = tmp_path / 'broken.pth'
     broken.write_bytes(ckpt.read_bytes()[:100])
-    with pytest.raises(vr.UserError, match='broken.pth could not be read'):
+    with pytest.raises(CheckpointError, match='broken.pth could not be read'):
         vr.use_checkpoint_seed(Config(dict(work_dir=str(tmp_path), resume=True,
                                            load_from=str(broken))))

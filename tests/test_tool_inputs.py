@@ -13,7 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
-from vir_dense import runner as vr
+from vir_dense.cli import run_cli
+from vir_dense.errors import CheckpointError
+from vir_dense.preflight import check_checkpoint
 from vir_dense.apis import read_rgb
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,7 +32,7 @@ def load_tool(name):
 def run_tool(name, args, capsys):
     code = 0
     try:
-        vr.run_cli(load_tool(name).main, args)
+        run_cli(load_tool(name).main, args)
     except SystemExit as exit_info:
         code = exit_info.code
     captured = capsys.readouterr()
@@ -70,15 +72,15 @@ def test_truncated_checkpoint_is_named_by_test_and_train(truncated_checkpoint, t
 
 def test_check_checkpoint_accepts_complete_files(truncated_checkpoint, tmp_path):
     full = truncated_checkpoint.parent / 'full.pth'
-    assert vr.check_checkpoint(full) == str(full)
-    with pytest.raises(vr.UserError, match='not a readable torch checkpoint'):
-        vr.check_checkpoint(truncated_checkpoint)
+    assert check_checkpoint(full) == str(full)
+    with pytest.raises(CheckpointError, match='not a readable torch checkpoint'):
+        check_checkpoint(truncated_checkpoint)
     text = tmp_path / 'notes.pth'
     text.write_text('these are not weights')
-    with pytest.raises(vr.UserError, match='not a readable torch checkpoint'):
-        vr.check_checkpoint(text)
-    with pytest.raises(vr.UserError, match='not found'):
-        vr.check_checkpoint(tmp_path / 'missing.pth')
+    with pytest.raises(CheckpointError, match='not a readable torch checkpoint'):
+        check_checkpoint(text)
+    with pytest.raises(CheckpointError, match='not found'):
+        check_checkpoint(tmp_path / 'missing.pth')
 
 
 # --------------------------------------------------------------------------- images

@@ -21,7 +21,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from vir_dense.runner import UserError, run_cli  # noqa: E402
+from vir_dense.cli import UsageError, run_cli  # noqa: E402
 
 
 def build_parser():
@@ -93,20 +93,20 @@ def make_config(argv=None):
     values = {}
     if args.config:
         if not os.path.isfile(args.config):
-            raise UserError(f'config file {args.config} not found')
+            raise UsageError(f'config file {args.config} not found')
         with open(args.config) as f:
             try:
                 values = json.load(f)
             except json.JSONDecodeError as err:
-                raise UserError(f'config file {args.config} is not valid JSON: {err}')
+                raise UsageError(f'config file {args.config} is not valid JSON: {err}')
         unknown = sorted(set(values) - fields)
         if unknown:
-            raise UserError(f'unknown keys in {args.config}: {unknown}; known: {sorted(fields)}')
+            raise UsageError(f'unknown keys in {args.config}: {unknown}; known: {sorted(fields)}')
     values.update({k: v for k, v in vars(args).items() if k in fields and v is not None})
     missing = [name for name in ('teacher_model', 'teacher_checkpoint', 'data')
                if not values.get(name)]
     if missing:
-        raise UserError('missing ' + ', '.join('--' + m.replace('_model', '').replace('_', '-')
+        raise UsageError('missing ' + ', '.join('--' + m.replace('_model', '').replace('_', '-')
                                                for m in missing))
     return DistillConfig(**values)
 
@@ -120,7 +120,7 @@ def main(argv=None):
     try:
         distill(cfg)
     except DistillError as err:
-        raise UserError(str(err)) from err
+        raise UsageError(str(err)) from err
     return 0
 
 

@@ -22,7 +22,7 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-from vir_dense import runner as vr  # noqa: E402
+from vir_dense.cli import UsageError, run_cli  # noqa: E402
 
 
 def parse_scale(text):
@@ -65,6 +65,9 @@ def parse_args(argv=None):
     parser.add_argument('--cfg-options', nargs='+', action=_dict_action(),
                         help='override config settings, e.g. model.test_cfg.stride=(256,256)')
     parser.add_argument('--no-progress', action='store_true', help='no progress bar')
+    parser.add_argument('--allow-partial', action='store_true',
+                        help='load only the checkpoint tensors that fit the model (listed as a '
+                             'warning) instead of stopping at a checkpoint of another config')
     args = parser.parse_args(argv)
     if args.chunk_size is not None and args.chunk_size < 1:
         parser.error('--chunk-size must be >= 1')
@@ -81,17 +84,18 @@ def _dict_action():
 def main(argv=None):
     args = parse_args(argv)
     from vir_dense.apis.inputs import collect_images
-    from vir_dense.apis.seg import CheckpointMismatchError, init_segmentor, segment_images
+    from vir_dense.apis.seg import init_segmentor, segment_images
     try:
         collect_images(args.inputs)  # fail before the model is built
     except FileNotFoundError as err:
-        raise vr.UserError(str(err)) from None
+        raise UsageError(str(err)) from None
     try:
         model = init_segmentor(args.config, args.checkpoint, device=args.device,
                                retention_mode=args.retention_mode, chunk_size=args.chunk_size,
-                               mode=args.mode, cfg_options=args.cfg_options)
-    except (CheckpointMismatchError, ValueError) as err:
-        raise vr.UserError(str(err)) from None
+                               mode=args.mode, cfg_options=args.cfg_options,
+                               allow_partial=args.allow_partial)
+    except ValueError as err:  # a retention/test mode the model cannot take
+        raise UsageError(str(err)) from None
     backbone = getattr(model, 'backbone', None)
     retention = getattr(backbone, 'retention_mode', None)
     detail = (f', retention {retention}' + (f' (chunk {backbone.chunk_size})'
@@ -112,4 +116,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(vr.run_cli(main))
+    sys.exit(run_cli(main))

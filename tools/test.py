@@ -15,7 +15,9 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 from mmengine.config import DictAction  # noqa: E402
 
-from vir_dense import runner as vr  # noqa: E402
+from vir_dense import preflight  # noqa: E402
+from vir_dense.cli import UsageError, run_cli, set_local_rank  # noqa: E402
+from vir_dense.config import run_config  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -31,18 +33,21 @@ def parse_args(argv=None):
     parser.add_argument('--wait-time', type=float, default=2, help='--show interval (s)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings (keys are checked for typos)')
+    parser.add_argument('--allow-partial', action='store_true',
+                        help='evaluate even if only part of the checkpoint fits the model '
+                             '(what differs is listed as a warning)')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
                         default='none', help='job launcher')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args(argv)
-    vr.set_local_rank(args.local_rank)
+    set_local_rank(args.local_rank)
     return args
 
 
 def trigger_visualization_hook(cfg, args, scope):
     hooks = cfg.get('default_hooks') or {}
     if 'visualization' not in hooks:
-        raise vr.UserError('--show/--show-dir need default_hooks.visualization in the config')
+        raise UsageError('--show/--show-dir need default_hooks.visualization in the config')
     hook = hooks['visualization']
     hook['draw'] = True
     if args.show:
@@ -57,24 +62,30 @@ def trigger_visualization_hook(cfg, args, scope):
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg, scope = vr.tool_config(args)
-    cfg.load_from = vr.check_checkpoint(args.checkpoint, 'checkpoint')
+    cfg, scope = run_config(args.config, args.cfg_options, args.work_dir, args.launcher)
+    from vir_dense.mm.launch import build_runner, init_distributed_cpu, setup_device
+    from vir_dense.mm.model_checkpoint import check_model_checkpoint
+    cfg.load_from = preflight.check_checkpoint(args.checkpoint, 'checkpoint')
     cfg.resume = False
     if args.show or args.show_dir:
         trigger_visualization_hook(cfg, args, scope)
 
     if args.out and scope == 'mmdet' and not args.out.endswith(('.pkl', '.pickle')):
-        raise vr.UserError(f'--out {args.out}: detection predictions are dumped as .pkl')
+        raise UsageError(f'--out {args.out}: detection predictions are dumped as .pkl')
     if args.out and scope == 'mmseg':
         evaluators = cfg.test_evaluator
         for evaluator in evaluators if isinstance(evaluators, (list, tuple)) else [evaluators]:
             evaluator['output_dir'] = args.out
             evaluator['keep_results'] = True
 
-    vr.check_datasets(cfg, ['test'])
-    vr.setup_device(cfg, args.launcher)
-    vr.init_distributed_cpu(cfg, args.launcher)
-    runner = vr.build_runner(cfg)
+    preflight.check_datasets(cfg, ['test'])
+    setup_device(cfg, args.launcher)
+    init_distributed_cpu(cfg, args.launcher)
+    runner = build_runner(cfg)
+    # mmengine loads load_from non-strictly (a checkpoint of another config would evaluate a
+    # half-random model): check the fit first.
+    check_model_checkpoint(runner.model, cfg.load_from, args.config,
+                           allow_partial=args.allow_partial)
 
     if args.out and scope == 'mmdet':
         from mmdet.evaluation import DumpDetResults
@@ -84,4 +95,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    vr.run_cli(main)
+    run_cli(main)

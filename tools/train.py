@@ -9,7 +9,6 @@ checkpoints and misspelt --cfg-options keys stop the run at once with one messag
 --resume continues exactly (same weights as an uninterrupted run on CPU): docs/resume.md.
 """
 import argparse
-import os
 import os.path as osp
 import sys
 
@@ -18,7 +17,9 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 from mmengine.config import DictAction  # noqa: E402
 from mmengine.logging import print_log  # noqa: E402
 
-from vir_dense import runner as vr  # noqa: E402
+from vir_dense import preflight  # noqa: E402
+from vir_dense.cli import UsageError, run_cli, set_local_rank  # noqa: E402
+from vir_dense.config import run_config  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -33,6 +34,9 @@ def parse_args(argv=None):
     parser.add_argument('--resume', nargs='?', type=str, const='auto',
                         help='resume from CKPT; without a value, from the latest checkpoint '
                              'in the work dir')
+    parser.add_argument('--allow-partial', action='store_true',
+                        help='load_from: load only the tensors that fit the model (listed as a '
+                             'warning) instead of stopping at a checkpoint of another config')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, e.g. data_root=/data/coco/ '
                              'train_dataloader.batch_size=4 (keys are checked for typos)')
@@ -41,7 +45,7 @@ def parse_args(argv=None):
     # torch.distributed.launch passes --local-rank (torch >= 2.0) or --local_rank.
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args(argv)
-    vr.set_local_rank(args.local_rank)
+    set_local_rank(args.local_rank)
     return args
 
 
@@ -51,7 +55,7 @@ def apply_amp(cfg):
         print_log('AMP is already on in the config', logger='current')
         return
     if optim_wrapper.get('type', 'OptimWrapper') != 'OptimWrapper':
-        raise vr.UserError('--amp works with optim_wrapper.type=OptimWrapper, not '
+        raise UsageError('--amp works with optim_wrapper.type=OptimWrapper, not '
                            f'{optim_wrapper.type}')
     import torch
     if torch.cuda.is_available():
@@ -59,7 +63,7 @@ def apply_amp(cfg):
         optim_wrapper.loss_scale = 'dynamic'
     else:
         # mmengine's AmpOptimWrapper needs a GPU; on CPU autocast runs in bfloat16, which has
-        # fp32's range, so no loss scaling is needed (vir_dense.runner.CPUAmpOptimWrapper).
+        # fp32's range, so no loss scaling is needed (vir_dense.mm.amp.CPUAmpOptimWrapper).
         optim_wrapper.type = 'CPUAmpOptimWrapper'
         optim_wrapper.dtype = 'bfloat16'
 
@@ -67,14 +71,18 @@ def apply_amp(cfg):
 def apply_auto_scale_lr(cfg):
     scale = cfg.get('auto_scale_lr')
     if not scale or 'base_batch_size' not in scale:
-        raise vr.UserError('--auto-scale-lr needs auto_scale_lr=dict(base_batch_size=N) in the '
+        raise UsageError('--auto-scale-lr needs auto_scale_lr=dict(base_batch_size=N) in the '
                            'config (N: the total batch size its lr was set for)')
     scale.enable = True
 
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg, _ = vr.tool_config(args)
+    cfg, _ = run_config(args.config, args.cfg_options, args.work_dir, args.launcher)
+    from vir_dense.mm.launch import build_runner, init_distributed_cpu, setup_device
+    from vir_dense.mm.model_checkpoint import check_model_checkpoint
+    from vir_dense.mm.resume import add_exact_resume_hook, resume_checkpoint_path, \
+        use_checkpoint_seed
 
     if args.amp:
         apply_amp(cfg)
@@ -86,25 +94,31 @@ def main(argv=None):
         cfg.load_from = None
     elif args.resume is not None:
         cfg.resume = True
-        cfg.load_from = vr.check_checkpoint(args.resume, 'checkpoint to resume from')
+        cfg.load_from = preflight.check_checkpoint(args.resume, 'checkpoint to resume from')
     elif cfg.get('load_from'):
-        vr.check_checkpoint(cfg.load_from, 'load_from checkpoint')
+        preflight.check_checkpoint(cfg.load_from, 'load_from checkpoint')
     # A resumed run is built with the checkpoint's seed (sampler order, worker seeds); the
     # generator states themselves come back through ExactResumeHook (docs/resume.md).
-    vr.use_checkpoint_seed(cfg)
+    use_checkpoint_seed(cfg)
 
     # Fail fast, before any model is built.
     splits = ['train']
     if cfg.get('val_cfg') and cfg.get('val_dataloader') and cfg.get('val_evaluator'):
         splits.append('val')
-    vr.check_datasets(cfg, splits)
-    vr.check_pretrained(cfg)
+    preflight.check_datasets(cfg, splits)
+    preflight.check_pretrained(cfg)
 
-    vr.setup_device(cfg, args.launcher)
-    vr.init_distributed_cpu(cfg, args.launcher)
-    runner = vr.add_exact_resume_hook(vr.build_runner(cfg))
+    setup_device(cfg, args.launcher)
+    init_distributed_cpu(cfg, args.launcher)
+    runner = add_exact_resume_hook(build_runner(cfg))
+    # mmengine loads load_from / resume checkpoints non-strictly; check the fit first. A
+    # resume must fit exactly (it continues the same run); load_from may opt in to partial.
+    loaded = resume_checkpoint_path(cfg) if cfg.get('resume') else cfg.get('load_from')
+    if loaded:
+        check_model_checkpoint(runner.model, loaded, args.config,
+                               allow_partial=args.allow_partial and not cfg.get('resume'))
     runner.train()
 
 
 if __name__ == '__main__':
-    vr.run_cli(main)
+    run_cli(main)

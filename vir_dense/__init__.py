@@ -2,11 +2,10 @@
 
 Importing the package registers everything (configs use
 ``custom_imports = dict(imports=['vir_dense'], allow_failed_imports=False)``):
-the timm models (`timm.create_model('vir_small_patch16_224')`), the `ViR` backbone and
-`SimpleFeaturePyramid` neck in mmdet's and mmseg's MODELS, and the
-`ViRLayerDecayOptimizerConstructor`.
+the timm models (`timm.create_model('vir_small_patch16_224')`, from ``vir_dense.models``,
+which imports no OpenMMLab code) and the OpenMMLab modules (``vir_dense.mm``: the `ViR`
+backbone, the neck, the layer-decay constructor, the CPU AMP wrapper, the exact-resume hook).
 """
-from . import compat  # noqa: F401  (torch>=2.6 checkpoint loading for mmengine; see compat.py)
 from . import models  # noqa: F401
 from . import mm  # noqa: F401
 

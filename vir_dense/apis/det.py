@@ -4,63 +4,32 @@
     model = init_detector('configs/maskrcnn_vir_t_synthetic.py', 'work_dirs/.../epoch_12.pth')
     result = inference_detector(model, read_rgb('image.jpg'))          # a DetDataSample
     records = result_to_coco(result, image_id=1, category_ids=coco_category_ids(model))
+    report = detect_images(model, ['images/'], 'out/')  # out/results.json + out/vis/*.png
 
 Images are RGB uint8 arrays (``read_rgb``); the model's data preprocessor does its own
 channel order and normalisation. Several images go through the model as one batch.
 """
 import json
+import os
 import os.path as osp
+import sys
 from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
-__all__ = ['init_detector', 'inference_detector', 'build_test_pipeline', 'result_to_coco',
-           'coco_category_ids', 'coco_image_ids', 'build_visualizer']
+from .build import init_model
+from .inputs import ImagesReport, collect_images, read_rgb, unique_stem
+
+__all__ = ['init_detector', 'inference_detector', 'detect_images', 'build_test_pipeline',
+           'result_to_coco', 'coco_category_ids', 'coco_image_ids', 'build_visualizer']
 
 
 def init_detector(config, checkpoint: Optional[str] = None, device: str = 'cpu',
-                  cfg_options: Optional[dict] = None):
-    """A detector in eval mode with the checkpoint's weights and dataset meta (class names).
-
-    ``config`` is a path or an mmengine Config. Without a checkpoint the model keeps its random
-    init (the backbone's pretrained import is skipped either way). The model gets ``.cfg``.
-    """
-    from vir_dense import runner as vr
-    from vir_dense.apis.seg import load_model_checkpoint
-    config = vr.scoped_config(config, cfg_options, 'mmdet')
-    from mmdet.registry import MODELS
-
-    model_cfg = config.model.copy()
-    backbone = model_cfg.get('backbone')
-    if isinstance(backbone, dict) and 'init_cfg' in backbone:
-        backbone['init_cfg'] = None  # weights come from the checkpoint
-    model = MODELS.build(model_cfg)
-    meta = {}
-    if checkpoint is not None:
-        vr.check_file(checkpoint, 'checkpoint')
-        # strict, as segmentation: a checkpoint of another config stops with what differs
-        meta = load_model_checkpoint(model, checkpoint, 'the detector config')
-        meta = meta.get('dataset_meta') or {}
-    if not meta.get('classes'):
-        meta = _config_metainfo(config)
-    model.dataset_meta = meta
-    model.cfg = config
-    model.to(device)
-    model.eval()
-    return model
-
-
-def _config_metainfo(cfg) -> dict:
-    """Class names from the test dataset's metainfo, else the dataset class's own METAINFO."""
-    from mmdet.registry import DATASETS
-    dataset = cfg.test_dataloader.dataset
-    while 'dataset' in dataset:
-        dataset = dataset.dataset
-    if dataset.get('metainfo', {}).get('classes'):
-        return dict(dataset.metainfo)
-    dataset_cls = DATASETS.get(dataset.get('type', 'CocoDataset'))
-    return dict(getattr(dataset_cls, 'METAINFO', {}))
+                  cfg_options: Optional[dict] = None, allow_partial: bool = False):
+    """A detector in eval mode with the checkpoint's weights and dataset meta (class names);
+    see :func:`vir_dense.apis.build.init_model` (the same path as ``init_segmentor``)."""
+    return init_model(config, checkpoint, device, 'mmdet', cfg_options, allow_partial)
 
 
 def build_test_pipeline(cfg):
@@ -182,3 +151,74 @@ def build_visualizer(model, name='vir_dense_infer_det'):
         name) else VISUALIZERS.build(vis_cfg)
     visualizer.dataset_meta = model.dataset_meta
     return visualizer
+
+
+def detect_images(model, inputs: Sequence[str], out_dir: str, score_thr: float = 0.3,
+                  batch_size: int = 1, draw: bool = True, progress: bool = True,
+                  log=None) -> ImagesReport:
+    """Detect on images, folders or globs (the detection twin of ``segment_images``).
+
+    Writes ``out_dir/results.json`` in COCO results format (every prediction the model keeps,
+    so the file can be scored with pycocotools: images named in the config's test annotation
+    file keep their ids, others get new ones) and, with ``draw``, ``out_dir/vis/<stem>.png``
+    (predictions with score >= ``score_thr``). A file that cannot be read is reported through
+    ``log`` and skipped. Returns an :class:`~vir_dense.apis.inputs.ImagesReport` (its
+    ``files['results']`` is the JSON file).
+    """
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    if batch_size < 1:
+        raise ValueError(f'batch_size must be >= 1, got {batch_size}')
+    paths = collect_images(inputs)
+    pipeline = build_test_pipeline(model.cfg)
+    category_ids = coco_category_ids(model)
+    known_ids = coco_image_ids(model)
+    next_id = max(known_ids.values(), default=0) + 1
+    visualizer = build_visualizer(model) if draw else None
+    vis_dir = osp.join(out_dir, 'vis')
+    os.makedirs(vis_dir if draw else out_dir, exist_ok=True)
+    report, used, records, batch = ImagesReport(), set(), [], []
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=len(paths), desc='detecting', unit='img', file=sys.stderr)
+
+    def flush():
+        nonlocal next_id
+        results = inference_detector(model, [image for _, image in batch],
+                                     batch_size=batch_size, pipeline=pipeline)
+        for (path, image), result in zip(batch, results):
+            base = osp.basename(path)
+            image_id = known_ids.get(base)
+            if image_id is None:
+                image_id, next_id = next_id, next_id + 1
+            records.extend(result_to_coco(result, image_id, category_ids, file_name=base))
+            report.outputs[path] = {}
+            if visualizer is not None:
+                stem = unique_stem(path, used)
+                drawing = osp.join(vis_dir, f'{stem}.png')
+                visualizer.add_datasample(stem, image, data_sample=result, draw_gt=False,
+                                          pred_score_thr=score_thr, out_file=drawing)
+                report.outputs[path]['vis'] = drawing
+            if bar is not None:
+                bar.update(1)
+        batch.clear()
+
+    for path in paths:
+        try:
+            batch.append((path, read_rgb(path)))
+        except ValueError as err:
+            report.failed.append((path, str(err)))
+            log(f'skipped: {err}')
+            if bar is not None:
+                bar.update(1)
+            continue
+        if len(batch) >= batch_size:
+            flush()
+    if batch:
+        flush()
+    if bar is not None:
+        bar.close()
+    report.files['results'] = osp.join(out_dir, 'results.json')
+    with open(report.files['results'], 'w') as f:
+        json.dump(records, f)
+    return report

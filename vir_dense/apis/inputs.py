@@ -4,7 +4,10 @@ Users pass images, folders and globs; one unreadable file must not abort the oth
 """
 import glob
 import os
+import os.path as osp
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Dict, List, Tuple
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -61,3 +64,27 @@ def read_rgb(path):
     except (UnidentifiedImageError, OSError, ValueError) as err:
         raise ValueError(f'cannot read image {path}: {err}') from err
 
+
+
+@dataclass
+class ImagesReport:
+    """What ``detect_images`` / ``segment_images`` did: the files written per input image, the
+    images that failed (and why), and any file written for the whole run (e.g. results.json)."""
+    outputs: Dict[str, Dict[str, str]] = field(default_factory=dict)  # input -> kind -> path
+    failed: List[Tuple[str, str]] = field(default_factory=list)  # (input, reason)
+    files: Dict[str, str] = field(default_factory=dict)  # kind -> path
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def unique_stem(path: str, used: set) -> str:
+    """The file's stem, made unique among ``used`` (the same name in two input folders)."""
+    stem = osp.splitext(osp.basename(path))[0]
+    candidate, index = stem, 1
+    while candidate in used:
+        index += 1
+        candidate = f'{stem}_{index}'
+    used.add(candidate)
+    return candidate

@@ -19,22 +19,20 @@ Any mmseg ``EncoderDecoder`` works: models from mmseg's ``init_model`` can be pa
 """
 import os
 import os.path as osp
-import re
 import sys
-from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .inputs import collect_images, read_rgb
+from .build import init_model
+from .inputs import ImagesReport, collect_images, read_rgb, unique_stem
 from .seg_lean import _slide_logits, _whole_logits, upsample_argmax
 
-__all__ = ['init_segmentor', 'configure_inference', 'load_model_checkpoint',
-           'CheckpointMismatchError', 'build_inference_pipeline', 'segment_array',
-           'upsample_argmax', 'colorize', 'overlay', 'segment_images', 'SegmentReport',
-           'dataset_meta_from_config', 'RETENTION_MODES', 'TEST_MODES']
+__all__ = ['init_segmentor', 'configure_inference', 'build_inference_pipeline', 'segment_array',
+           'upsample_argmax', 'colorize', 'overlay', 'segment_images', 'ImagesReport',
+           'RETENTION_MODES', 'TEST_MODES']
 # segment_array's memory at high resolution, whole-image mode (UperNet, C classes, image H x W):
 # the backbone (chunkwise: linear in H x W), the lean UPerHead forward (~3 maps of
 # channels x H/4 x W/4 instead of ~9), the stride-4 logits (C x H/4 x W/4) and one band of
@@ -45,58 +43,19 @@ TEST_MODES = ('whole', 'slide')
 DEFAULT_SLIDE = dict(crop_size=(512, 512), stride=(341, 341))
 
 
-class CheckpointMismatchError(RuntimeError):
-    """A checkpoint whose parameter names or shapes do not match the model of the config."""
-
-
 # --------------------------------------------------------------------------------------------
 # Building the model
 # --------------------------------------------------------------------------------------------
 def init_segmentor(config, checkpoint: Optional[str] = None, device: str = 'cpu',
                    retention_mode: Optional[str] = None, chunk_size: Optional[int] = None,
-                   mode: Optional[str] = None, cfg_options: Optional[dict] = None):
-    """A segmentor in eval mode with the checkpoint's weights and dataset meta.
-
-    Args:
-        config: config path or mmengine Config (``default_scope='mmseg'``).
-        checkpoint: a checkpoint of a model built from this config; every parameter must match
-            (names and shapes), otherwise :class:`CheckpointMismatchError` names what differs.
-            None keeps the random init (the backbone's pretrained import is skipped either way).
-        device: 'cpu', 'cuda', 'cuda:1', ...
-        retention_mode, chunk_size, mode: see :func:`configure_inference`.
-        cfg_options: overrides merged into the config (checked for typos).
-
-    SyncBN layers are reverted to BatchNorm (one process, no process group).
-    """
-    from mmengine.model import revert_sync_batchnorm
-
-    from vir_dense import runner as vr
-    config = vr.scoped_config(config, cfg_options, 'mmseg',
-                              hint='use tools/infer_det.py for detectors')
-    from mmseg.registry import MODELS
-
-    model_cfg = config.model.copy()
-    model_cfg.pretrained = None
-    model_cfg.train_cfg = None
-    backbone = model_cfg.get('backbone')
-    if isinstance(backbone, dict) and 'init_cfg' in backbone:
-        backbone['init_cfg'] = None  # weights come from the checkpoint
-    model = MODELS.build(model_cfg)
-    meta = {}
-    if checkpoint is not None:
-        vr.check_file(checkpoint, 'checkpoint')
-        ckpt_meta = load_model_checkpoint(model, checkpoint,
-                                              config_name=config.filename or 'the config')
-        meta = dict(ckpt_meta.get('dataset_meta') or {})
-    if not meta.get('classes'):
-        meta = dataset_meta_from_config(config)
-    model.dataset_meta = meta
-    model.cfg = config
-    model = revert_sync_batchnorm(model)
-    model.to(device)
-    model.eval()
-    configure_inference(model, retention_mode, chunk_size, mode)
-    return model
+                   mode: Optional[str] = None, cfg_options: Optional[dict] = None,
+                   allow_partial: bool = False):
+    """A segmentor in eval mode with the checkpoint's weights and dataset meta, built and loaded
+    as :func:`vir_dense.apis.build.init_model` does for detectors too (a checkpoint of another
+    config raises :class:`~vir_dense.errors.CheckpointMismatchError` naming what differs);
+    ``retention_mode``, ``chunk_size`` and ``mode``: see :func:`configure_inference`."""
+    model = init_model(config, checkpoint, device, 'mmseg', cfg_options, allow_partial)
+    return configure_inference(model, retention_mode, chunk_size, mode)
 
 
 def configure_inference(model, retention_mode: Optional[str] = None,
@@ -145,85 +104,6 @@ def configure_inference(model, retention_mode: Optional[str] = None,
 def _as_config(test_cfg):
     from mmengine.config import ConfigDict
     return ConfigDict(dict(test_cfg or {}))
-
-
-def dataset_meta_from_config(cfg) -> dict:
-    """Classes and palette of the config's test (else val, train) dataset, or its class's."""
-    from mmseg.registry import DATASETS
-    for key in ('test_dataloader', 'val_dataloader', 'train_dataloader'):
-        dataset = (cfg.get(key) or {}).get('dataset')
-        while isinstance(dataset, dict) and isinstance(dataset.get('dataset'), dict):
-            dataset = dataset['dataset']
-        if not isinstance(dataset, dict):
-            continue
-        metainfo = dict(dataset.get('metainfo') or {})
-        dataset_cls = DATASETS.get(str(dataset.get('type', 'BaseSegDataset')))
-        default = dict(getattr(dataset_cls, 'METAINFO', {}) or {})
-        merged = {**default, **metainfo}
-        if merged.get('classes'):
-            return dict(classes=tuple(merged['classes']), palette=merged.get('palette'))
-    return {}
-
-
-def load_model_checkpoint(model, path: str, config_name: str = 'the config') -> dict:
-    """Load every parameter of ``model`` from an mmdet/mmseg checkpoint; return its meta.
-
-    The file is read weights-only (mmengine's own types are allowed by vir_dense.compat).
-    Missing keys, unexpected keys or shape mismatches raise :class:`CheckpointMismatchError`
-    naming the checkpoint, the config and what differs: a partial load is never silent.
-    """
-    try:
-        ckpt = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as err:  # noqa: BLE001  (pickle errors have many types)
-        raise CheckpointMismatchError(
-            f'cannot read checkpoint {path}: {type(err).__name__}: '
-            f'{str(err).strip().splitlines()[0] if str(err).strip() else ""}') from err
-    if not isinstance(ckpt, dict):
-        raise CheckpointMismatchError(f'checkpoint {path} holds a {type(ckpt).__name__}, '
-                                      'not a state dict')
-    state_dict = ckpt.get('state_dict', ckpt)
-    state_dict = {re.sub(r'^(module\.|_orig_mod\.)', '', k): v for k, v in state_dict.items()
-                  if torch.is_tensor(v)}
-    own = model.state_dict()
-    missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
-    shapes = [(k, tuple(state_dict[k].shape), tuple(own[k].shape)) for k in own
-              if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or shapes:
-        raise CheckpointMismatchError(_mismatch_message(path, config_name, state_dict, own,
-                                                        missing, unexpected, shapes))
-    model.load_state_dict(state_dict, strict=True)
-    return ckpt.get('meta') or {}
-
-
-def _mismatch_message(path, config_name, ckpt, own, missing, unexpected, shapes) -> str:
-    def sample(items, fmt=str):
-        text = ', '.join(fmt(i) for i in items[:4])
-        return text + (f', ... ({len(items)} in all)' if len(items) > 4 else '')
-
-    lines = [f'checkpoint {path} does not match the model of {config_name}: was it trained '
-             'with another config?']
-    hints = []
-    width_key = 'backbone.pos_embed'
-    if width_key in ckpt and width_key in own and ckpt[width_key].shape != own[width_key].shape:
-        hints.append(f'backbone width/grid {tuple(ckpt[width_key].shape)} in the checkpoint vs '
-                     f'{tuple(own[width_key].shape)} in the config (arch or img_size differ)')
-    # mmseg's decode head, mmdet's Mask R-CNN box classifier (+1: background)
-    for classes_key in ('decode_head.conv_seg.weight', 'roi_head.bbox_head.fc_cls.weight'):
-        if classes_key in ckpt and classes_key in own and \
-                ckpt[classes_key].shape[0] != own[classes_key].shape[0]:
-            hints.append(f'{ckpt[classes_key].shape[0]} classes in the checkpoint vs '
-                         f'{own[classes_key].shape[0]} in the config ({classes_key})')
-    lines += [f'  hint: {h}' for h in hints]
-    if shapes:
-        lines.append(f'  {len(shapes)} shape mismatches: ' + sample(
-            shapes, lambda s: f'{s[0]} {list(s[1])} (checkpoint) vs {list(s[2])} (model)'))
-    if missing:
-        lines.append(f'  {len(missing)} keys missing from the checkpoint: {sample(missing)}')
-    if unexpected:
-        lines.append(f'  {len(unexpected)} unexpected keys in the checkpoint: '
-                     f'{sample(unexpected)}')
-    return '\n'.join(lines)
 
 
 # --------------------------------------------------------------------------------------------
@@ -363,36 +243,15 @@ def _num_classes(model) -> int:
     return int(getattr(head, 'num_classes', 0) or len(classes))
 
 
-@dataclass
-class SegmentReport:
-    """What :func:`segment_images` did: written files per image and the images that failed."""
-    outputs: Dict[str, Dict[str, str]] = field(default_factory=dict)  # input -> kind -> path
-    failed: List[Tuple[str, str]] = field(default_factory=list)  # (input, reason)
-
-    @property
-    def ok(self) -> bool:
-        return not self.failed
-
-
-def _unique_stem(path: str, used: set) -> str:
-    stem = osp.splitext(osp.basename(path))[0]
-    candidate, index = stem, 1
-    while candidate in used:  # same file name in two input folders
-        index += 1
-        candidate = f'{stem}_{index}'
-    used.add(candidate)
-    return candidate
-
-
 def segment_images(model, inputs: Sequence[str], out_dir: str, opacity: float = 0.5,
                    scale: Union[str, Sequence[int]] = 'config', progress: bool = True,
-                   log=None) -> SegmentReport:
+                   log=None) -> ImagesReport:
     """Segment images, folders or globs; write ``<stem>_color.png`` (palette colours),
     ``<stem>_overlay.png`` (colours blended on the image with ``opacity``) and
     ``<stem>_label.png`` (class ids; uint8, or uint16 beyond 256 classes) into ``out_dir``.
 
     A file that cannot be read (or whose inference fails) is reported through ``log`` and
-    skipped; the others are still processed. Returns a :class:`SegmentReport`.
+    skipped; the others are still processed. Returns an :class:`~vir_dense.apis.inputs.ImagesReport`.
     """
     from PIL import Image
     log = log or (lambda msg: print(msg, file=sys.stderr))
@@ -405,7 +264,7 @@ def segment_images(model, inputs: Sequence[str], out_dir: str, opacity: float = 
     palette = _palette_for(meta, num_classes)
     label_dtype = np.uint8 if num_classes <= 256 else np.uint16
     pipeline = build_inference_pipeline(model.cfg, scale)
-    report, used = SegmentReport(), set()
+    report, used = ImagesReport(), set()
     iterator = paths
     if progress:
         from tqdm import tqdm
@@ -424,7 +283,7 @@ def segment_images(model, inputs: Sequence[str], out_dir: str, opacity: float = 
             report.failed.append((path, reason))
             log(f'skipped: {reason}')
             continue
-        stem = _unique_stem(path, used)
+        stem = unique_stem(path, used)
         color = colorize(labels, palette)
         files = dict(color=osp.join(out_dir, f'{stem}_color.png'),
                      overlay=osp.join(out_dir, f'{stem}_overlay.png'),

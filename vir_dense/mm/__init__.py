@@ -1,15 +1,22 @@
-"""OpenMMLab side: importing this registers the ViR backbone, the SimpleFeaturePyramid neck and
-the layer-decay optimizer constructor in mmdet's and mmseg's registries."""
+"""OpenMMLab side. Importing this is the one registration point of the project's modules:
+the ViR backbone and SimpleFeaturePyramid neck (mmdet's and mmseg's MODELS), the layer-decay
+optimizer constructor, CPUAmpOptimWrapper (mmengine's OPTIM_WRAPPERS) and ExactResumeHook
+(mmengine's HOOKS)."""
 from mmdet.registry import MODELS as MMDET_MODELS
 from mmseg.registry import MODELS as MMSEG_MODELS
 
+from vir_dense import compat  # noqa: F401  (mmengine checkpoints under torch's weights-only load)
+
+from .amp import CPUAmpOptimWrapper
 from .backbone import ViR
 from .layer_decay import ViRLayerDecayOptimizerConstructor
 from .neck import SimpleFeaturePyramid
+from .resume import ExactResumeHook
 
 for _registry in (MMDET_MODELS, MMSEG_MODELS):
     for _module in (ViR, SimpleFeaturePyramid):
         # force: re-importing (e.g. importlib.reload in a notebook) must not fail.
         _registry.register_module(module=_module, force=True)
 
-__all__ = ['SimpleFeaturePyramid', 'ViR', 'ViRLayerDecayOptimizerConstructor']
+__all__ = ['CPUAmpOptimWrapper', 'ExactResumeHook', 'SimpleFeaturePyramid', 'ViR',
+           'ViRLayerDecayOptimizerConstructor']
