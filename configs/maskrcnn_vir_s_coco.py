@@ -16,6 +16,3 @@ _base_ = [
     '_base_/schedules/det_schedule_1x.py',
     '_base_/default_runtime_det.py',
 ]
-
-custom_imports = dict(imports=['vir_dense'], allow_failed_imports=False)
-default_scope = 'mmdet'

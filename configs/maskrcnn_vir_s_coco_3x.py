@@ -8,9 +8,6 @@ _base_ = [
     '_base_/default_runtime_det.py',
 ]
 
-custom_imports = dict(imports=['vir_dense'], allow_failed_imports=False)
-default_scope = 'mmdet'
-
 backend_args = None
 train_pipeline = [
     dict(type='LoadImageFromFile', backend_args=backend_args),

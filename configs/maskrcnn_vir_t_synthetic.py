@@ -21,9 +21,6 @@ _base_ = [
     '_base_/default_runtime_det.py',
 ]
 
-custom_imports = dict(imports=['vir_dense'], allow_failed_imports=False)
-default_scope = 'mmdet'
-
 num_classes = 4  # len(vir_dense.datasets.synthetic.SYNTHETIC_CLASSES)
 channels = 128
 depth = 6

@@ -1,17 +1,7 @@
-# Runtime defaults for the segmentation (mmseg) configs.
-default_scope = 'mmseg'
+# Runtime defaults for the segmentation configs: mmseg's default runtime (default_scope='mmseg',
+# SegLocalVisualizer, iteration-based log processor, SegTTAModel), plus importing `vir_dense`,
+# which registers the ViR backbone and the layer-decay optimizer constructor in mmseg's
+# registries.
+_base_ = 'mmseg::_base_/default_runtime.py'
+
 custom_imports = dict(imports=['vir_dense'], allow_failed_imports=False)
-
-env_cfg = dict(
-    cudnn_benchmark=True,
-    mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
-    dist_cfg=dict(backend='nccl'),
-)
-vis_backends = [dict(type='LocalVisBackend')]
-visualizer = dict(type='SegLocalVisualizer', vis_backends=vis_backends, name='visualizer')
-log_processor = dict(by_epoch=False)
-log_level = 'INFO'
-load_from = None
-resume = False
-
-tta_model = dict(type='SegTTAModel')

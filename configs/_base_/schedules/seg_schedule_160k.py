@@ -1,6 +1,11 @@
 # 160k iterations, AdamW with ViR layer-wise lr decay, 1500-iter linear warm-up then poly
 # (power 1.0) decay to 0: the MAE/BEiT UperNet recipe of mmseg, at a total batch of 16
 # (8 GPUs x 2 images). The model configs set lr and decay_rate per variant.
+#
+# Not inherited from mmseg::_base_/schedules/schedule_160k.py: that file also defines a
+# top-level `optimizer` (SGD) beside optim_wrapper.optimizer, and mmengine cannot delete an
+# inherited variable, so every config would carry a stale SGD optimizer that disagrees with
+# the one used; its scheduler, optimizer and checkpoint hook all differ from ours anyway.
 optim_wrapper = dict(
     type='OptimWrapper',
     optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
