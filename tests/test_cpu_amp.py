@@ -68,7 +68,7 @@ def test_cpu_amp_training_steps_run_in_bfloat16():
     losses = []
     for _ in range(2):
         log_vars = model.train_step(data, optim_wrapper)
-        losses.append(float(log_vars['loss']))
+        losses.append(float(log_vars['loss'].detach()))
     assert all(math.isfinite(loss) for loss in losses), losses
     assert dtypes['backbone'] == {torch.bfloat16}  # autocast really ran there
     assert dtypes['neck'] == {torch.bfloat16}

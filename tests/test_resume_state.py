@@ -53,9 +53,9 @@ def test_resumed_config_takes_the_checkpoint_seed(tmp_path, capsys):
     assert cfg.randomness == dict(seed=1234)
     cfg = Config(dict(work_dir=str(tmp_path), resume=True, load_from=str(ckpt),
                       randomness=dict(seed=5, deterministic=False)))
-    assert vr.use_checkpoint_seed(cfg) == 1234
+    with pytest.warns(UserWarning, match="checkpoint's seed 1234 instead of the configured 5"):
+        assert vr.use_checkpoint_seed(cfg) == 1234
     assert cfg.randomness == dict(seed=1234, deterministic=False)
-    assert "checkpoint's seed 1234 instead of the configured 5" in capsys.readouterr().err
     fresh = Config(dict(work_dir=str(tmp_path / 'empty'), resume=False, load_from=str(ckpt)))
     assert vr.use_checkpoint_seed(fresh) is None and 'randomness' not in fresh
     broken = tmp_path / 'broken.pth'

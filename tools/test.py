@@ -36,6 +36,8 @@ def parse_args(argv=None):
     parser.add_argument('--allow-partial', action='store_true',
                         help='evaluate even if only part of the checkpoint fits the model '
                              '(what differs is listed as a warning)')
+    parser.add_argument('--verbose', action='store_true',
+                        help='also print the environment and config dump (always in the log file)')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
                         default='none', help='job launcher')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
@@ -81,7 +83,7 @@ def main(argv=None):
     preflight.check_datasets(cfg, ['test'])
     setup_device(cfg, args.launcher)
     init_distributed_cpu(cfg, args.launcher)
-    runner = build_runner(cfg)
+    runner = build_runner(cfg, args.verbose)
     # mmengine loads load_from non-strictly (a checkpoint of another config would evaluate a
     # half-random model): check the fit first.
     check_model_checkpoint(runner.model, cfg.load_from, args.config,

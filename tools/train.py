@@ -40,6 +40,8 @@ def parse_args(argv=None):
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, e.g. data_root=/data/coco/ '
                              'train_dataloader.batch_size=4 (keys are checked for typos)')
+    parser.add_argument('--verbose', action='store_true',
+                        help='also print the environment and config dump (always in the log file)')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
                         default='none', help='job launcher')
     # torch.distributed.launch passes --local-rank (torch >= 2.0) or --local_rank.
@@ -110,7 +112,7 @@ def main(argv=None):
 
     setup_device(cfg, args.launcher)
     init_distributed_cpu(cfg, args.launcher)
-    runner = add_exact_resume_hook(build_runner(cfg))
+    runner = add_exact_resume_hook(build_runner(cfg, args.verbose))
     # mmengine loads load_from / resume checkpoints non-strictly; check the fit first. A
     # resume must fit exactly (it continues the same run); load_from may opt in to partial.
     loaded = resume_checkpoint_path(cfg) if cfg.get('resume') else cfg.get('load_from')

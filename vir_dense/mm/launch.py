@@ -1,6 +1,11 @@
-"""Starting an mmengine run on the machine at hand: CUDA, or CPU with gloo."""
+"""Starting an mmengine run on the machine at hand: CUDA, or CPU with gloo; the environment
+dump in the log file, not on the console."""
+import logging
+from contextlib import contextmanager
+
 import torch
 import torch.distributed as dist
+from mmengine.runner import Runner
 
 
 def setup_device(cfg, launcher):
@@ -25,10 +30,32 @@ def init_distributed_cpu(cfg, launcher):
     dist.init_process_group(**kwargs)
 
 
-def build_runner(cfg):
-    """The config's runner (``runner_type``), else mmengine's Runner."""
+class FileLoggedEnvRunner(Runner):
+    """mmengine's Runner, whose start-up dump (system environment, runtime settings and the
+    whole config: several kilobytes) goes to the run's log file only, not the console."""
+
+    def _log_env(self, env_cfg):
+        with _console_quiet(self.logger):
+            super()._log_env(env_cfg)
+
+
+@contextmanager
+def _console_quiet(logger):
+    consoles = [h for h in logger.handlers if type(h) is logging.StreamHandler]
+    levels = [h.level for h in consoles]
+    for handler in consoles:
+        handler.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for handler, level in zip(consoles, levels):
+            handler.setLevel(level)
+
+
+def build_runner(cfg, verbose=False):
+    """The config's runner (``runner_type``), else mmengine's Runner; unless ``verbose``, one
+    that keeps the environment dump out of the console (it is still in the log file)."""
     from mmengine.registry import RUNNERS
-    from mmengine.runner import Runner
     if 'runner_type' in cfg:
         return RUNNERS.build(cfg)
-    return Runner.from_cfg(cfg)
+    return (Runner if verbose else FileLoggedEnvRunner).from_cfg(cfg)
