@@ -16,7 +16,7 @@ from mmengine.model import BaseModel
 from mmengine.runner import Runner
 
 import vir_dense  # noqa: F401  (installs the compat layer)
-from vir_dense.mm.checkpoint import load_checkpoint_file
+from vir_dense.models.checkpoint_files import load_checkpoint_file
 
 
 class ToyModel(BaseModel):

@@ -14,10 +14,10 @@ import torch
 import torch.nn as nn
 from safetensors.torch import save_file
 
-from vir_dense.mm import checkpoint as ckpt
-from vir_dense.mm.checkpoint import (CheckpointReport, convert_to_vir, load_checkpoint_file,
-                                     load_pretrained, load_pretrained_from_init_cfg,
-                                     resolve_checkpoint)
+from vir_dense.mm.checkpoint import load_pretrained, load_pretrained_from_init_cfg
+from vir_dense.models import checkpoint_files as ckpt
+from vir_dense.models.checkpoint_files import load_checkpoint_file, resolve_checkpoint
+from vir_dense.models.convert import CheckpointReport, convert_to_vir
 
 ROOT = Path(__file__).resolve().parents[1]
 DIM, DEPTH = 32, 2

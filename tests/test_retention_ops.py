@@ -4,7 +4,7 @@ import itertools
 import pytest
 import torch
 
-from vir_dense.ops.retention import (MASKS, decay_gammas, decay_row_sums, parse_mask,
+from vir_dense.ops.retention import (MASKS, decay_gammas, decay_row_sums, mask_spec,
                                      retention, retention_chunkwise, retention_naive,
                                      retention_parallel)
 from vir_dense.ops.retention.naive import naive_decay_mask
@@ -54,7 +54,7 @@ def test_every_form_matches_naive_float64(mask, grid, cls_token):
 @pytest.mark.parametrize('mask,grid,cls_token',
                          list(itertools.product(MASKS, GRIDS, [False, True])))
 def test_closed_form_row_sums_equal_the_dense_mask(mask, grid, cls_token):
-    causal, _ = parse_mask(mask)
+    causal = mask_spec(mask).causal
     layout = make_layout(mask, grid[0] * grid[1] + cls_token, grid, cls_token)
     for gamma in (decay_gammas(3), torch.tensor([0.5, 0.9, 0.999], dtype=torch.float64)):
         dense = naive_decay_mask(gamma, layout, causal).sum(-1)
@@ -249,3 +249,53 @@ def test_auto_mode_picks_parallel_for_short_sequences_and_chunkwise_above():
         out = retention(q, k, v, mask='bidirectional_2d', mode='auto', grid=grid,
                         cls_token=True, chunk_size=chunk_size)
         torch.testing.assert_close(out, reference, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize('mask,grid,cls_token,normalize',
+                         list(itertools.product(['causal_1d', 'causal_2d'], [(3, 5), (5, 2)],
+                                                [False, True], [False, True])))
+def test_streamed_pieces_equal_the_whole_sequence(mask, grid, cls_token, normalize):
+    """stream_pieces + retention_stream (state carried from piece to piece) = retention."""
+    from vir_dense.ops.retention import retention_stream, stream_pieces
+    q, k, v = _qkv(grid[0] * grid[1] + cls_token, torch.float64)
+    gamma = decay_gammas(3)
+    reference = retention_naive(q, k, v, gamma, mask, grid, cls_token, normalize=normalize)
+    for mode, chunk_size in [('recurrent', 1), ('chunkwise', 1), ('chunkwise', 6),
+                             ('chunkwise', 1000)]:
+        pieces = stream_pieces(mask_spec(mask), q.shape[2], grid, cls_token, mode, chunk_size,
+                               normalize=normalize, gamma=gamma)
+        assert [p.start for p in pieces[1:]] == [p.stop for p in pieces[:-1]]
+        assert pieces[-1].stop == q.shape[2] and [p.last for p in pieces].count(True) == 1
+        state, outs = None, []
+        for piece in pieces:
+            part = [t[:, :, piece.start:piece.stop] for t in (q, k, v)]
+            out, state = retention_stream(*part, piece, state, gamma)
+            outs.append(out)
+        assert state is None  # nothing to carry after the last piece
+        torch.testing.assert_close(torch.cat(outs, dim=2), reference, rtol=0, atol=1e-10,
+                                   msg=f'{mode} chunk {chunk_size}')
+
+
+def test_stream_pieces_refuse_what_cannot_stream():
+    from vir_dense.ops.retention import stream_pieces
+    with pytest.raises(ValueError, match='only causal masks stream'):
+        stream_pieces('bidirectional_2d', 12, (3, 4))
+    with pytest.raises(ValueError, match='streaming mode'):
+        stream_pieces('causal_2d', 12, (3, 4), mode='parallel')
+    with pytest.raises(ValueError, match='needs the layers'):
+        stream_pieces('causal_2d', 12, (3, 4), normalize=True)
+
+
+def test_mask_spec_is_parsed_once_and_accepted_by_every_form():
+    spec = mask_spec('causal_2d')
+    assert (spec.name, spec.causal, spec.two_d) == ('causal_2d', True, True)
+    assert mask_spec(spec) is spec and MASKS['causal_2d'] is spec
+    with pytest.raises(ValueError, match='unknown retention mask'):
+        mask_spec('square')
+    q, k, v = _qkv(13, torch.float64)
+    for mode in ('parallel', 'recurrent', 'chunkwise'):
+        torch.testing.assert_close(
+            retention(q, k, v, mask=spec, mode=mode, grid=(3, 4), cls_token=True,
+                      chunk_size=4, normalize=True),
+            retention(q, k, v, mask='causal_2d', mode=mode, grid=(3, 4), cls_token=True,
+                      chunk_size=4, normalize=True), rtol=0, atol=0)

@@ -4,7 +4,8 @@ import timm
 import torch
 
 import vir_dense  # noqa: F401  (registers the models)
-from vir_dense.models.vir import ARCHS, stream_pieces, RetentionContext
+from vir_dense.models.archs import VARIANTS
+from vir_dense.ops.retention import stream_pieces
 
 PARAM_COUNTS_M = {  # with a 1000-class head (VIR_SPEC)
     'vir_small_patch16_224': 22.06,
@@ -23,7 +24,7 @@ def test_parameter_counts(name):
 
 
 def test_variants_are_registered_with_the_spec_layout():
-    assert set(ARCHS) <= set(timm.list_models('vir_*'))
+    assert set(VARIANTS) <= set(timm.list_models('vir_*'))
     model = timm.create_model('vir_tiny_patch16_224')
     assert model.embed_dim == 192 and len(model.blocks) == 12
     assert model.blocks[0].retention.num_heads == 3
@@ -73,8 +74,8 @@ def test_create_model_kwargs_select_the_mode():
 def test_streaming_keeps_one_state_per_layer():
     """A causal chunkwise classifier (last token only) feeds pieces through all blocks, never
     the sequence; dense features (every token) run block by block instead."""
-    ctx = RetentionContext('causal_2d', 'chunkwise', (6, 5), True, 10)
-    pieces = stream_pieces(ctx)
+    pieces = stream_pieces('causal_2d', 6 * 5 + 1, (6, 5), cls_token=True, mode='chunkwise',
+                           chunk_size=10)
     assert [p.num_tokens for p in pieces] == [10, 10, 11]  # 2 rows per chunk, class token last
     model = _small_model('causal_2d')
     model.set_retention_mode('chunkwise', 16)

@@ -17,10 +17,10 @@ import tempfile
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from vir_dense.mm.checkpoint import (convert_to_vir, infer_vir_shapes,  # noqa: E402
-                                     read_checkpoint, resolve_checkpoint, unwrap_state_dict)
-
-ARCHS = {'tiny': (192, 12), 'small': (384, 12), 'base': (768, 12), 'large': (1024, 24)}
+from vir_dense.models.archs import ARCHS  # noqa: E402
+from vir_dense.models.checkpoint_files import (read_checkpoint, resolve_checkpoint,  # noqa: E402
+                                               unwrap_state_dict)
+from vir_dense.models.convert import convert_to_vir, infer_vir_shapes  # noqa: E402
 
 
 def parse_grid(text):
@@ -77,7 +77,8 @@ def main(argv=None):
 def convert(args):
     src = resolve_checkpoint(args.src)
     state_dict, container = unwrap_state_dict(read_checkpoint(src, trust_pickle=args.trust_pickle))
-    embed_dim, depth = ARCHS[args.arch] if args.arch else (None, None)
+    arch = ARCHS.get(args.arch)
+    embed_dim, depth = (arch.embed_dim, arch.depth) if arch else (None, None)
     shapes, grid = infer_vir_shapes(state_dict, prefix=args.prefix, grid=args.model_grid,
                                     embed_dim=embed_dim, depth=depth)
     converted, report = convert_to_vir(state_dict, shapes, grid=grid, prefix=args.prefix,

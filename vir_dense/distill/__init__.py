@@ -1,6 +1,6 @@
 """Retention transfer: a working ViR from a pretrained timm ViT/DeiT, by distillation.
 
-The naive conversion (``vir_dense.mm.checkpoint.convert_to_vir``) copies the attention weights
+The naive conversion (``vir_dense.models.convert.convert_to_vir``) copies the attention weights
 into the retention weights; retention has no softmax, so that model computes another function.
 Here the copied model is the starting point of two short trainings against the frozen ViT:
 

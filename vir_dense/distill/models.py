@@ -8,7 +8,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vir_dense.models.vir import ARCHS, VisionRetention, run_blocks
+from vir_dense.models.archs import VARIANTS, variant_kwargs
+from vir_dense.models.checkpoint_files import load_checkpoint_file
+from vir_dense.models.convert import convert_to_vir
+from vir_dense.models.vir import VisionRetention, run_blocks
 
 __all__ = ['DistillError', 'load_teacher', 'build_student', 'to_student_order',
            'to_teacher_order', 'relative_mse', 'BlockMatching', 'FeatureMatching',
@@ -58,7 +61,6 @@ def load_teacher(model_name: str, checkpoint: str, img_size: Optional[int] = Non
     import timm
     from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
-    from vir_dense.mm.checkpoint import load_checkpoint_file
     if not checkpoint or not os.path.isfile(checkpoint):
         raise DistillError(f'teacher checkpoint not found: {checkpoint!r} (give a local '
                            '.pth/.safetensors file of a timm ViT/DeiT; nothing is downloaded)')
@@ -143,13 +145,13 @@ def build_student(teacher, mask: str = 'bidirectional_2d', normalize_retention: 
     every transferable tensor of the teacher (the naive conversion). Returns (student,
     CheckpointReport). ``student_arch`` (e.g. 'vir_small_patch16_224') checks that the result
     will load into that registered ViR."""
-    from vir_dense.mm.checkpoint import convert_to_vir
     width, depth = teacher.embed_dim, len(teacher.blocks)
     patch = teacher.patch_embed.patch_size[0]
     if student_arch is not None:
-        if student_arch not in ARCHS:
-            raise DistillError(f'unknown ViR {student_arch!r}; choose one of {sorted(ARCHS)}')
-        s_patch, s_width, s_depth, _ = ARCHS[student_arch]
+        if student_arch not in VARIANTS:
+            raise DistillError(f'unknown ViR {student_arch!r}; choose one of {sorted(VARIANTS)}')
+        size = variant_kwargs(student_arch)
+        s_patch, s_width, s_depth = size['patch_size'], size['embed_dim'], size['depth']
         if (s_width, s_depth, s_patch) != (width, depth, patch):
             raise DistillError(
                 f'teacher (width {width}, depth {depth}, patch {patch}) does not match '

@@ -12,29 +12,25 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.model import BaseModule
 
+from vir_dense.models.archs import ARCHS
 from vir_dense.models.vir import ViRTrunk, run_blocks
-from vir_dense.ops.retention import parse_mask
+from vir_dense.ops.retention import mask_spec
 
 from .neck import rescale_layer
 from .spatial_prior import STRIDE as SPATIAL_PRIOR_STRIDE
 from .spatial_prior import SpatialPriorStem
 
-ARCH_ZOO = {
-    'tiny': dict(embed_dims=192, num_layers=12, num_heads=3),
-    'small': dict(embed_dims=384, num_layers=12, num_heads=6),
-    'base': dict(embed_dims=768, num_layers=12, num_heads=12),
-    'large': dict(embed_dims=1024, num_layers=24, num_heads=16),
-}
 PYRAMIDS = ('taps', None)
 TAP_SCALES = (4, 2, 1, 0.5)  # x4, x2, x1, x0.5 of the stride-16 maps: strides 4, 8, 16, 32
 
 
 def _arch_settings(arch):
-    if isinstance(arch, str):
-        if arch not in ARCH_ZOO:
-            raise ValueError(f'unknown ViR arch {arch!r}; choose one of {sorted(ARCH_ZOO)} '
+    if isinstance(arch, str):  # a size of the models' table, in mmpretrain's key names
+        if arch not in ARCHS:
+            raise ValueError(f'unknown ViR arch {arch!r}; choose one of {sorted(ARCHS)} '
                              'or pass a dict(embed_dims=..., num_layers=..., num_heads=...)')
-        return dict(ARCH_ZOO[arch])
+        size = ARCHS[arch]
+        return dict(embed_dims=size.embed_dim, num_layers=size.depth, num_heads=size.num_heads)
     missing = {'embed_dims', 'num_layers', 'num_heads'} - set(arch)
     if missing:
         raise ValueError(f'arch dict lacks {sorted(missing)}')
@@ -77,7 +73,8 @@ class ViR(ViRTrunk, BaseModule):
             of the ViR maps (feed them to an FPN).
         init_cfg: dict(type='Pretrained', checkpoint=PATH or 'timm/<model>',
             allow_partial=False) imports ViR, timm ViT/DeiT or mmdet/mmseg checkpoints
-            (vir_dense.mm.checkpoint), with a report of what was loaded.
+            (vir_dense.models.convert, loaded by vir_dense.mm.checkpoint), with a report of
+            what was loaded.
     """
 
     def __init__(self, arch='small', patch_size=16, img_size=224, in_channels=3,
@@ -106,7 +103,7 @@ class ViR(ViRTrunk, BaseModule):
         self.pyramid = pyramid
         self.patch_size = patch_size
         self.in_channels = in_channels
-        causal, _ = parse_mask(mask)
+        causal = mask_spec(mask).causal
         self.with_cls_token = (not causal) if with_cls_token is None else with_cls_token
         self.final_norm = final_norm
         self.with_cp = with_cp

@@ -1,2 +1,3 @@
 """timm models; importing registers them with `timm.create_model`."""
-from .vir import ARCHS, Block, MultiHeadRetention, ViRTrunk, VisionRetention, run_blocks  # noqa: F401
+from .archs import ARCHS, VARIANTS, Arch  # noqa: F401
+from .vir import Block, MultiHeadRetention, ViRTrunk, VisionRetention, run_blocks  # noqa: F401

@@ -12,21 +12,20 @@ longer depends on the number of tokens.
 """
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import Optional
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from timm.layers import DropPath, LayerScale, Mlp, PatchEmbed, resample_abs_pos_embed
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
-from vir_dense.ops.retention import (DEFAULT_CHUNK, RecurrentState, TokenLayout, check_mode,
-                                     chunk_step, decay_gammas, decay_row_sums, make_layout,
-                                     parse_mask, recurrent_step, resolve_mode, retention,
-                                     rows_per_chunk)
-from vir_dense.ops.retention.decay import PAPER_DECAY_EXPONENTS, from_grid, to_grid
+from vir_dense.ops.retention import (DEFAULT_CHUNK, PAPER_DECAY_EXPONENTS, MaskSpec,
+                                     check_mode, decay_gammas, mask_spec, resolve_mode,
+                                     retention, retention_stream, stream_pieces)
+
+from .archs import VARIANTS, variant_kwargs
+from .convert import convert_to_vir
 
 __all__ = ['VisionRetention', 'ViRTrunk', 'MultiHeadRetention', 'Block', 'run_blocks']
 
@@ -34,7 +33,7 @@ __all__ = ['VisionRetention', 'ViRTrunk', 'MultiHeadRetention', 'Block', 'run_bl
 @dataclass
 class RetentionContext:
     """How retention runs for one forward pass (shared by every block)."""
-    mask: str
+    mask: MaskSpec  # parsed when the model's mask is set, not on every block call
     mode: str
     grid: tuple
     cls_token: bool
@@ -88,26 +87,10 @@ class MultiHeadRetention(nn.Module):
         return self._merge_heads(out)
 
     def forward_stream(self, x, state, piece):
-        """Causal streaming: x holds the tokens of `piece` (see stream_pieces)."""
+        """Causal streaming: x holds the tokens of `piece` (ops.retention.stream_pieces)."""
         q, k, v = self._split_heads(x)
-        gamma = self.gamma(x.device)
-        if piece.column is not None:  # recurrent: one grid cell, after some empty ones
-            if state is None:
-                state = RecurrentState(q.shape[0], self.num_heads, piece.layout.cols,
-                                       self.head_dim, gamma, torch.promote_types(q.dtype, torch.float32),
-                                       q.device)
-            for empty_column in piece.skip_columns:
-                recurrent_step(state, empty_column)
-            out = recurrent_step(state, piece.column, q[:, :, 0], k[:, :, 0], v[:, :, 0])
-            out = out[:, :, None]
-        else:
-            grid_qkv = [to_grid(t, piece.layout) for t in (q, k, v)]
-            out, state = chunk_step(*grid_qkv, state, gamma, causal=True,
-                                    update_state=not piece.last)
-            out = from_grid(out, piece.layout)
-        if piece.row_sums is not None:
-            out = out / piece.row_sums.to(out)[:, :, None]
-        return self._merge_heads(out.to(x.dtype)), state
+        out, state = retention_stream(q, k, v, piece, state, gamma=self.gamma(x.device))
+        return self._merge_heads(out), state
 
 
 class Block(nn.Module):
@@ -139,44 +122,6 @@ class Block(nn.Module):
         return self._mlp_branch(x + self.drop_path1(self.ls1(out))), state
 
 
-@dataclass
-class StreamPiece:
-    """A run of consecutive tokens streamed through all blocks at once."""
-    start: int                # first token index in the sequence
-    layout: TokenLayout       # geometry of this piece (rows of patches, or the class-token row)
-    column: Optional[int] = None   # recurrent mode: the grid column of the single token
-    skip_columns: tuple = ()       # recurrent mode: empty cells to decay through first
-    last: bool = False             # no state is needed after the last piece
-    row_sums: Optional[torch.Tensor] = None  # (H, tokens) divisors when retention normalizes
-
-    @property
-    def num_tokens(self):
-        return 1 if self.column is not None else self.layout.num_tokens
-
-
-def stream_pieces(ctx: RetentionContext):
-    """Split the sequence into the pieces that causal streaming feeds through the blocks."""
-    _, two_d = parse_mask(ctx.mask)
-    rows, cols = ctx.grid if two_d else (ctx.grid[0] * ctx.grid[1], 1)
-    pieces = []
-    if ctx.mode == 'chunkwise':
-        chunk_rows = rows_per_chunk(ctx.chunk_size, cols)
-        for start_row in range(0, rows, chunk_rows):
-            num_rows = min(chunk_rows, rows - start_row)
-            last = start_row + num_rows == rows  # the class token rides with the last chunk
-            pieces.append(StreamPiece(start_row * cols,
-                                      TokenLayout(num_rows, cols, ctx.cls_token and last),
-                                      last=last))
-    else:
-        for index in range(rows * cols):
-            pieces.append(StreamPiece(index, TokenLayout(1, cols), column=index % cols))
-        if ctx.cls_token:  # its row is empty up to the last column
-            pieces.append(StreamPiece(rows * cols, TokenLayout(1, cols), column=cols - 1,
-                                      skip_columns=tuple(range(cols - 1))))
-    pieces[-1].last = True
-    return pieces
-
-
 def run_blocks(blocks, x, ctx: RetentionContext, out_indices=(), with_cp=False,
                last_token_only=False):
     """Run tokens x (B, N, D) through `blocks`.
@@ -185,12 +130,11 @@ def run_blocks(blocks, x, ctx: RetentionContext, out_indices=(), with_cp=False,
     last_token_only keeps only the last token of the output (classification while streaming).
     """
     ctx = replace(ctx, mode=resolve_mode(ctx.mode, x.shape[1], ctx.chunk_size))
-    causal, _ = parse_mask(ctx.mask)
     taps = {}
     # Streaming (one piece through all blocks, one state per block) bounds memory when only
     # the last token is wanted, and is what recurrent mode is; dense outputs need every token
     # anyway, so chunkwise runs block by block: a fixed number of ops per block.
-    streaming = causal and (ctx.mode == 'recurrent' or
+    streaming = ctx.mask.causal and (ctx.mode == 'recurrent' or
                             (ctx.mode == 'chunkwise' and last_token_only))
     if not streaming:
         for index, block in enumerate(blocks):
@@ -204,15 +148,12 @@ def run_blocks(blocks, x, ctx: RetentionContext, out_indices=(), with_cp=False,
 
     states = [None] * len(blocks)
     outputs, tap_pieces = [], {index: [] for index in out_indices}
-    pieces = stream_pieces(ctx)
-    if ctx.normalize:  # same heads and decay in every block: one table serves them all
-        num_tokens = pieces[-1].start + pieces[-1].num_tokens
-        layout = make_layout(ctx.mask, num_tokens, ctx.grid, ctx.cls_token)
-        row_sums = decay_row_sums(blocks[0].retention.gamma(x.device), layout, causal)
-        for piece in pieces:
-            piece.row_sums = row_sums[:, piece.start:piece.start + piece.num_tokens]
+    # Same heads and decay in every block: one table of normalizing divisors serves them all.
+    pieces = stream_pieces(ctx.mask, x.shape[1], ctx.grid, ctx.cls_token, ctx.mode,
+                           ctx.chunk_size, normalize=ctx.normalize,
+                           gamma=blocks[0].retention.gamma(x.device) if ctx.normalize else None)
     for piece in pieces:
-        h = x[:, piece.start:piece.start + piece.num_tokens]
+        h = x[:, piece.start:piece.stop]
         for index, block in enumerate(blocks):
             h, states[index] = block.forward_stream(h, states[index], piece)
             if index in tap_pieces:
@@ -274,13 +215,21 @@ class ViRTrunk(nn.Module):
         outputs; 'auto' picks parallel or chunkwise per input size, see `resolve_mode`)."""
         check_mode(mode)
         if mask is not None:
-            parse_mask(mask)
             self.mask = mask
         self.retention_mode = mode
         if chunk_size is not None:
             if chunk_size < 1:
                 raise ValueError(f'chunk_size must be >= 1, got {chunk_size}')
             self.chunk_size = chunk_size
+
+    @property
+    def mask(self):
+        """The retention mask's name; setting it parses it once into `mask_spec`."""
+        return self.mask_spec.name
+
+    @mask.setter
+    def mask(self, name):
+        self.mask_spec = mask_spec(name)
 
     def position_embedding(self, grid):
         """pos_embed for a (rows, cols) patch grid, bicubically resized from the trained one.
@@ -316,7 +265,7 @@ class ViRTrunk(nn.Module):
         return self.pos_drop(x), grid
 
     def context(self, grid, with_cls_token=True):
-        return RetentionContext(self.mask, self.retention_mode, grid, with_cls_token,
+        return RetentionContext(self.mask_spec, self.retention_mode, grid, with_cls_token,
                                 self.chunk_size, self.normalize_retention)
 
 
@@ -428,19 +377,12 @@ def _cfg(**kwargs):
     }
 
 
-default_cfgs = generate_default_cfgs({
-    # No ViR ImageNet weights exist: these cfgs carry input conventions, not downloads.
-    'vir_tiny_patch16_224': _cfg(),
-    'vir_small_patch16_224': _cfg(),
-    'vir_base_patch16_224': _cfg(),
-    'vir_large_patch16_224': _cfg(),
-    'vir_large_patch14_224': _cfg(),
-})
+# No ViR ImageNet weights exist: these cfgs carry input conventions, not downloads.
+default_cfgs = generate_default_cfgs({name: _cfg() for name in VARIANTS})
 
 
 def _checkpoint_filter_fn(state_dict, model):
     """timm `pretrained=True` with a local file: accept ViR, ViT/DeiT or mm checkpoints."""
-    from vir_dense.mm.checkpoint import convert_to_vir  # late: mm side imports mmengine
     converted, report = convert_to_vir(state_dict, model)
     print(report)
     # A ViR classifier's own head fits when its shape does (e.g. a distilled student with the
@@ -456,6 +398,7 @@ def _checkpoint_filter_fn(state_dict, model):
 
 
 def _create_vir(variant, pretrained=False, **kwargs):
+    kwargs = {**variant_kwargs(variant), **kwargs}  # e.g. depth=2 overrides the table
     out_indices = kwargs.pop('out_indices', 3)
     if kwargs.get('features_only'):  # a dense-feature extractor takes any input size
         kwargs.setdefault('dynamic_img_size', True)
@@ -465,51 +408,31 @@ def _create_vir(variant, pretrained=False, **kwargs):
                                 **kwargs)
 
 
-ARCHS = {  # name: (patch_size, embed_dim, depth, num_heads)
-    'vir_tiny_patch16_224': (16, 192, 12, 3),
-    'vir_small_patch16_224': (16, 384, 12, 6),
-    'vir_base_patch16_224': (16, 768, 12, 12),
-    'vir_large_patch16_224': (16, 1024, 24, 16),
-    'vir_large_patch14_224': (14, 1024, 24, 16),
-}
-
-
-def _arch_kwargs(variant, kwargs):
-    patch_size, embed_dim, depth, num_heads = ARCHS[variant]
-    return dict(dict(patch_size=patch_size, embed_dim=embed_dim, depth=depth,
-                     num_heads=num_heads), **kwargs)
-
-
 @register_model
 def vir_tiny_patch16_224(pretrained=False, **kwargs):
     """ViR-Ti/16 (ours, for fast experiments): D=192, 12 blocks, 3 heads."""
-    return _create_vir('vir_tiny_patch16_224', pretrained,
-                       **_arch_kwargs('vir_tiny_patch16_224', kwargs))
+    return _create_vir('vir_tiny_patch16_224', pretrained, **kwargs)
 
 
 @register_model
 def vir_small_patch16_224(pretrained=False, **kwargs):
     """ViR-S/16: D=384, 12 blocks, 6 heads (~22.06M params)."""
-    return _create_vir('vir_small_patch16_224', pretrained,
-                       **_arch_kwargs('vir_small_patch16_224', kwargs))
+    return _create_vir('vir_small_patch16_224', pretrained, **kwargs)
 
 
 @register_model
 def vir_base_patch16_224(pretrained=False, **kwargs):
     """ViR-B/16: D=768, 12 blocks, 12 heads (~86.59M params)."""
-    return _create_vir('vir_base_patch16_224', pretrained,
-                       **_arch_kwargs('vir_base_patch16_224', kwargs))
+    return _create_vir('vir_base_patch16_224', pretrained, **kwargs)
 
 
 @register_model
 def vir_large_patch16_224(pretrained=False, **kwargs):
     """ViR-L/16: D=1024, 24 blocks, 16 heads (~304.37M params)."""
-    return _create_vir('vir_large_patch16_224', pretrained,
-                       **_arch_kwargs('vir_large_patch16_224', kwargs))
+    return _create_vir('vir_large_patch16_224', pretrained, **kwargs)
 
 
 @register_model
 def vir_large_patch14_224(pretrained=False, **kwargs):
     """ViR-L/14: D=1024, 24 blocks, 16 heads (~304.25M params)."""
-    return _create_vir('vir_large_patch14_224', pretrained,
-                       **_arch_kwargs('vir_large_patch14_224', kwargs))
+    return _create_vir('vir_large_patch14_224', pretrained, **kwargs)

@@ -2,19 +2,24 @@
 
 `retention(q, k, v, mask=..., mode=...)` takes (B, H, N, d) tensors (q already scaled) and knows
 nothing of images: 2D masks only need the patch grid. Every form equals `retention_naive`.
+`stream_pieces` + `retention_stream` run a causal sequence through a stack of layers piece by
+piece (streaming.py), with the same outputs.
 """
 from .chunkwise import chunk_step, retention_chunkwise, rows_per_chunk
-from .decay import (DEFAULT_CHUNK, MASKS, MODES, TokenLayout, check_mode, decay_gammas,
-                    decay_row_sums, make_layout, parse_mask, resolve_mode)
+from .decay import (DEFAULT_CHUNK, MASKS, MODES, PAPER_DECAY_EXPONENTS, MaskSpec, TokenLayout,
+                    check_mode, decay_gammas, decay_row_sums, make_layout, mask_spec,
+                    resolve_mode)
 from .naive import retention_naive
 from .parallel import retention_parallel
 from .recurrent import RecurrentState, recurrent_step, retention_recurrent
+from .streaming import STREAM_MODES, StreamPiece, retention_stream, stream_pieces
 
 
 def retention(q, k, v, mask='causal_1d', mode='parallel', grid=None, cls_token=False,
               chunk_size=DEFAULT_CHUNK, gamma=None, normalize=False):
     """Retention of (B, H, N, d) q, k, v under `mask` computed in `mode`.
 
+    mask: a name in MASKS or its MaskSpec (`mask_spec(name)`, parsed once by the caller);
     grid: (rows, cols) of the patch tokens (2D masks); cls_token: the last token is a class
     token at the virtual position (cols-1, rows); mode: 'parallel', 'recurrent', 'chunkwise'
     or 'auto' (`resolve_mode`); chunk_size: tokens per chunk (chunkwise mode, whole rows for
@@ -24,7 +29,7 @@ def retention(q, k, v, mask='causal_1d', mode='parallel', grid=None, cls_token=F
     a per-token constant, so every form stays exact).
     """
     mode = resolve_mode(mode, q.shape[-2], chunk_size)
-    parse_mask(mask)
+    mask = mask_spec(mask)
     if q.dim() != 4 or q.shape != k.shape or k.shape[:-1] != v.shape[:-1]:
         raise ValueError(f'q, k, v must be (batch, heads, tokens, dim); got {tuple(q.shape)}, '
                          f'{tuple(k.shape)}, {tuple(v.shape)}')
@@ -38,11 +43,13 @@ def retention(q, k, v, mask='causal_1d', mode='parallel', grid=None, cls_token=F
         out = retention_chunkwise(q, k, v, gamma, mask, grid, cls_token, chunk_size)
     if normalize:
         layout = make_layout(mask, q.shape[-2], grid, cls_token)
-        out = out / decay_row_sums(gamma, layout, parse_mask(mask)[0]).to(out)[:, :, None]
+        out = out / decay_row_sums(gamma, layout, mask.causal).to(out)[:, :, None]
     return out
 
 
-__all__ = ['DEFAULT_CHUNK', 'MASKS', 'MODES', 'RecurrentState', 'TokenLayout', 'check_mode',
-           'chunk_step', 'decay_gammas', 'decay_row_sums', 'make_layout', 'parse_mask',
+__all__ = ['DEFAULT_CHUNK', 'MASKS', 'MODES', 'PAPER_DECAY_EXPONENTS', 'STREAM_MODES',
+           'MaskSpec', 'RecurrentState', 'StreamPiece', 'TokenLayout', 'check_mode',
+           'chunk_step', 'decay_gammas', 'decay_row_sums', 'make_layout', 'mask_spec',
            'recurrent_step', 'resolve_mode', 'retention', 'retention_chunkwise',
-           'retention_naive', 'retention_parallel', 'retention_recurrent', 'rows_per_chunk']
+           'retention_naive', 'retention_parallel', 'retention_recurrent', 'retention_stream',
+           'rows_per_chunk', 'stream_pieces']

@@ -29,8 +29,8 @@ so no N-sized intermediate is kept between forward and backward.
 import torch
 import torch.nn.functional as F
 
-from .decay import DEFAULT_CHUNK, TokenLayout, compute_dtype, decay_powers, from_grid, make_layout, \
-    parse_mask, to_grid
+from .decay import (DEFAULT_CHUNK, TokenLayout, compute_dtype, decay_powers, from_grid,
+                    make_layout, mask_spec, to_grid)
 from .decay_sum import DecaySum, toeplitz
 from .parallel import parallel_decay_mask
 
@@ -182,7 +182,8 @@ def grid_retention_chunkwise(q, k, v, gamma, causal, chunk_rows):
 
 def retention_chunkwise(q, k, v, gamma, mask='causal_1d', grid=None, cls_token=False,
                         chunk_size=DEFAULT_CHUNK):
-    causal, _ = parse_mask(mask)
+    mask = mask_spec(mask)
+    causal = mask.causal
     layout = make_layout(mask, q.shape[-2], grid, cls_token)
     grids = (to_grid(t, layout) for t in (q, k, v))
     out = grid_retention_chunkwise(*grids, gamma, causal,

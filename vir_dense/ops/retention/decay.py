@@ -13,19 +13,29 @@ from dataclasses import dataclass
 
 import torch
 
-MASKS = {
-    # name: (causal, two_d)
-    'causal_1d': (True, False),
-    'bidirectional_1d': (False, False),
-    'causal_2d': (True, True),
-    'bidirectional_2d': (False, True),
-}
+@dataclass(frozen=True)
+class MaskSpec:
+    """A parsed mask name: built once (when a model's mask is set) and passed to the ops in
+    place of the name, so no call parses it again. Every op accepts the name or the spec."""
+    name: str
+    causal: bool
+    two_d: bool
+
+
+MASKS = {spec.name: spec for spec in (
+    MaskSpec('causal_1d', causal=True, two_d=False),
+    MaskSpec('bidirectional_1d', causal=False, two_d=False),
+    MaskSpec('causal_2d', causal=True, two_d=True),
+    MaskSpec('bidirectional_2d', causal=False, two_d=True),
+)}
 MODES = ('parallel', 'recurrent', 'chunkwise', 'auto')
 DEFAULT_CHUNK = 1024  # tokens: on CPU, 512-2048 are within ~10% of each other at 1024²-2048²
 
 
-def parse_mask(mask):
-    """Return (causal, two_d) for a mask name, or fail naming the valid ones."""
+def mask_spec(mask):
+    """The MaskSpec of a mask name (a spec is returned as it is); fails naming the valid ones."""
+    if isinstance(mask, MaskSpec):
+        return mask
     if mask not in MASKS:
         raise ValueError(f'unknown retention mask {mask!r}; choose one of {sorted(MASKS)}')
     return MASKS[mask]
@@ -101,12 +111,12 @@ class TokenLayout:
 
 def make_layout(mask, num_tokens, grid=None, cls_token=False):
     """The TokenLayout of a sequence of num_tokens under `mask` (grid=(rows, cols) for 2D)."""
-    _, two_d = parse_mask(mask)
+    mask = mask_spec(mask)
     num_patches = num_tokens - int(cls_token)
-    if not two_d:
+    if not mask.two_d:
         return TokenLayout(num_patches, 1, cls_token)
     if grid is None:
-        raise ValueError(f'mask {mask!r} needs grid=(rows, cols) of the patch tokens')
+        raise ValueError(f'mask {mask.name!r} needs grid=(rows, cols) of the patch tokens')
     rows, cols = grid
     if rows * cols != num_patches:
         raise ValueError(f'grid {rows}x{cols} holds {rows * cols} patches but the sequence has '

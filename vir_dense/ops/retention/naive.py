@@ -4,7 +4,7 @@ Slow and quadratic on purpose; every other form is tested against it.
 """
 import torch
 
-from .decay import make_layout, parse_mask
+from .decay import make_layout, mask_spec
 
 
 def naive_decay_mask(gamma, layout, causal):
@@ -24,7 +24,8 @@ def retention_naive(q, k, v, gamma, mask='causal_1d', grid=None, cls_token=False
 
     normalize: divide each row of D by its sum (the reference for `retention(normalize=True)`).
     """
-    causal, _ = parse_mask(mask)
+    mask = mask_spec(mask)
+    causal = mask.causal
     layout = make_layout(mask, q.shape[-2], grid, cls_token)
     decay = naive_decay_mask(gamma, layout, causal).to(q.device)
     if normalize:

@@ -6,7 +6,7 @@ itself at small sizes.
 """
 import torch
 
-from .decay import compute_dtype, decay_matrix, make_layout, parse_mask
+from .decay import compute_dtype, decay_matrix, make_layout, mask_spec
 
 _MASK_CACHE = {}
 _MASK_CACHE_SIZE = 16
@@ -37,7 +37,8 @@ def _build_mask(gamma, layout, causal, dtype):
 def retention_parallel(q, k, v, gamma, mask='causal_1d', grid=None, cls_token=False):
     """The result has q's dtype; computed in at least float32 with autocast off (see
     `compute_dtype`), so float32/float64 inputs give what they always did."""
-    causal, _ = parse_mask(mask)
+    mask = mask_spec(mask)
+    causal = mask.causal
     layout = make_layout(mask, q.shape[-2], grid, cls_token)
     in_dtype, dtype = q.dtype, compute_dtype(q.dtype)
     decay = parallel_decay_mask(gamma, layout, causal, dtype)

@@ -10,7 +10,7 @@ state per layer); `retention_recurrent` runs a full sequence for any mask.
 """
 import torch
 
-from .decay import compute_dtype, make_layout, parse_mask, to_grid, from_grid
+from .decay import compute_dtype, make_layout, mask_spec, to_grid, from_grid
 
 
 class RecurrentState:
@@ -62,7 +62,8 @@ def retention_recurrent(q, k, v, gamma, mask='causal_1d', grid=None, cls_token=F
 
 
 def _retention_recurrent(q, k, v, gamma, mask, grid, cls_token):
-    causal, _ = parse_mask(mask)
+    mask = mask_spec(mask)
+    causal = mask.causal
     layout = make_layout(mask, q.shape[-2], grid, cls_token)
     dtype = compute_dtype(q.dtype)
     qg, kg, vg = (to_grid(t, layout).to(dtype) for t in (q, k, v))
