@@ -171,6 +171,10 @@ def test_test_tool_allow_partial_evaluates(det_setup, capsys):
                              *det_setup.two_blocks], capsys)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert 'partial load (allow_partial)' in proc.stdout + proc.stderr
+    # quiet tools: mmengine's environment and config dump is in the log file, not the console
+    assert 'System environment' not in proc.stdout + proc.stderr
+    logs = list((det_setup.base / 'partial').rglob('*.log'))
+    assert logs and 'System environment' in logs[0].read_text()
 
 
 @pytest.mark.parametrize('how', ['load_from', 'resume'])
