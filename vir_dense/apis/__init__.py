@@ -1,13 +1,12 @@
-"""Python inference helpers (detection here; segmentation helpers in apis/seg.py when present)."""
-import importlib.util
-
+"""Python inference: one build-and-load path (``build.init_model``) for detection and
+segmentation, then ``detect_images`` / ``segment_images`` for files and folders."""
+from .build import init_model
 from .det import (build_test_pipeline, build_visualizer, coco_category_ids, coco_image_ids,
-                  inference_detector, init_detector, result_to_coco)
-from .inputs import IMAGE_SUFFIXES, collect_images, read_rgb
+                  detect_images, inference_detector, init_detector, result_to_coco)
+from .inputs import IMAGE_SUFFIXES, ImagesReport, collect_images, read_rgb
+from .seg import configure_inference, init_segmentor, segment_array, segment_images
 
-__all__ = ['IMAGE_SUFFIXES', 'collect_images', 'read_rgb', 'init_detector', 'inference_detector',
-           'build_test_pipeline', 'build_visualizer', 'coco_category_ids', 'coco_image_ids',
-           'result_to_coco']
-
-if importlib.util.find_spec(f'{__name__}.seg') is not None:  # added by the segmentation side
-    from . import seg  # noqa: F401
+__all__ = ['IMAGE_SUFFIXES', 'ImagesReport', 'collect_images', 'read_rgb', 'init_model',
+           'init_detector', 'inference_detector', 'detect_images', 'build_test_pipeline',
+           'build_visualizer', 'coco_category_ids', 'coco_image_ids', 'result_to_coco',
+           'init_segmentor', 'configure_inference', 'segment_array', 'segment_images']
