@@ -17,7 +17,6 @@ from vir_dense.models.vir import ViRTrunk, run_blocks
 from vir_dense.ops.retention import mask_spec
 
 from .neck import rescale_layer
-from .spatial_prior import STRIDE as SPATIAL_PRIOR_STRIDE
 from .spatial_prior import SpatialPriorStem
 
 PYRAMIDS = ('taps', None)
@@ -70,7 +69,10 @@ class ViR(ViRTrunk, BaseModule):
         frozen_stages: -1 trains everything; 0 freezes the embeddings; k >= 1 also blocks 0..k-1.
         spatial_prior: None, or dict(channels=64, norm_cfg=...) to add a conv stem on the
             image (vir_dense.mm.spatial_prior) whose stride-4 map is returned first, in front
-            of the ViR maps (feed them to an FPN).
+            of the ViR maps (feed them to an FPN). dict(channels=64, num_stages=2) adds a
+            stride-2 conv stage: maps at strides 4 and 8 (for patch 16).
+        extra_pool: also return a stride-2 max-pool of the last ViR map (stride 2 x patch,
+            ViTDet's 0.5 level), so that patch 16 gives strides 16 and 32 for an FPN.
         init_cfg: dict(type='Pretrained', checkpoint=PATH or 'timm/<model>',
             allow_partial=False) imports ViR, timm ViT/DeiT or mmdet/mmseg checkpoints
             (vir_dense.models.convert, loaded by vir_dense.mm.checkpoint), with a report of
@@ -82,7 +84,8 @@ class ViR(ViRTrunk, BaseModule):
                  retention_mode='auto', chunk_size=1024, normalize_retention=False,
                  decay_exponents=(5.0, 9.0), drop_path_rate=0.1, init_values=1e-5,
                  with_cls_token=None, final_norm=True, with_cp=False,
-                 frozen_stages=-1, spatial_prior=None, init_cfg=None):
+                 frozen_stages=-1, spatial_prior=None, extra_pool=False,
+                 init_cfg=None):
         settings = _arch_settings(arch)
         super().__init__(img_size=img_size, patch_size=patch_size, in_chans=in_channels,
                          embed_dim=settings['embed_dims'], depth=settings['num_layers'],
@@ -114,10 +117,16 @@ class ViR(ViRTrunk, BaseModule):
         self.out_strides = tuple(
             int(patch_size / scale) for scale in TAP_SCALES) if pyramid else (
             (patch_size,) * len(self.out_indices))
+        self.extra_pool = extra_pool
+        if extra_pool:
+            if pyramid is not None:
+                raise ValueError('extra_pool=True pools the last single-scale ViR map; it needs '
+                                 "pyramid=None (pyramid='taps' already gives 2 x patch)")
+            self.out_strides += (2 * patch_size,)
         self.spatial_prior = None
         if spatial_prior is not None:
             self.spatial_prior = SpatialPriorStem(in_channels, **spatial_prior)
-            self.out_strides = (SPATIAL_PRIOR_STRIDE,) + self.out_strides
+            self.out_strides = tuple(self.spatial_prior.out_strides) + self.out_strides
         self._freeze_stages()
 
     # --- weights --------------------------------------------------------------------------
@@ -167,8 +176,8 @@ class ViR(ViRTrunk, BaseModule):
             x = F.pad(x, (0, pad_w, 0, pad_h))
         outs = []
         if self.spatial_prior is not None:
-            outs.append(self.spatial_prior(x)[..., :math.ceil(height / SPATIAL_PRIOR_STRIDE),
-                                              :math.ceil(width / SPATIAL_PRIOR_STRIDE)])
+            for feats, stride in zip(self.spatial_prior(x), self.spatial_prior.out_strides):
+                outs.append(feats[..., :math.ceil(height / stride), :math.ceil(width / stride)])
         tokens, grid = self.embed(x, with_cls_token=self.with_cls_token)
         ctx = self.context(grid, self.with_cls_token)
         _, taps = run_blocks(self.blocks, tokens, ctx, out_indices=self.out_indices,
@@ -184,4 +193,6 @@ class ViR(ViRTrunk, BaseModule):
                 feats = self.rescales[position](feats)
             stride = self.out_strides[first + position]
             outs.append(feats[..., :math.ceil(height / stride), :math.ceil(width / stride)])
+        if self.extra_pool:  # ViTDet's stride-32 level: max-pool of the last (cropped) map
+            outs.append(F.max_pool2d(outs[-1], kernel_size=2, stride=2, ceil_mode=True))
         return tuple(outs)
