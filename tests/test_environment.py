@@ -55,6 +55,8 @@ def test_openmmlab_packages_import_and_register_vir():
     import mmdet.registry
     import mmseg.registry
     import vir_dense  # noqa: F401
+    from vir_dense.mm.backbone import ViR
+    from vir_dense.mm.neck import SimpleFeaturePyramid
     for registry in (mmdet.registry.MODELS, mmseg.registry.MODELS):
-        assert registry.get('ViR') is not None
-        assert registry.get('SimpleFeaturePyramid') is not None
+        assert registry.get('ViR') is ViR  # ours, not another package's of the same name
+        assert registry.get('SimpleFeaturePyramid') is SimpleFeaturePyramid
