@@ -3,8 +3,10 @@
 Each configuration runs in a fresh child process, so its memory numbers are its own: the
 parent never imports torch, launches `SCRIPT --_child KIND JSON` and reads the JSON records
 the child prints with `emit`. The rest measures the machine (free memory, CPU name, matmul
-speed), turns a child that died into a status, and rewrites one marked section of a Markdown
-file, leaving the rest of it alone.
+speed), turns a child that died into a status, counts what the operators run (`OpCounter`, the
+one source of op and FLOP numbers), and writes the results: Markdown tables, a log-log plot, one
+marked section of a Markdown file (the rest of it left alone) and the raw JSON, behind the same
+output options in every benchmark (`add_output_args`, `write_outputs`).
 """
 import json
 import os
@@ -108,6 +110,93 @@ def write_section(path, body, name):
     os.replace(tmp, path)
 
 
+def markdown_table(header, rows, align='---'):
+    """Lines of a Markdown table; `align` is each column's separator ('---', '---:')."""
+    lines = ['| ' + ' | '.join(header) + ' |', '|' + f'{align}|' * len(header)]
+    return lines + ['| ' + ' | '.join(str(cell) for cell in row) + ' |' for row in rows]
+
+
+def plot_loglog(path, series, panels, xlabel, title):
+    """One log-log panel per (key, axis title) in `panels`, one line per series.
+
+    `series`: (label, matplotlib style, points, failures) with points a list of dicts holding
+    'x' and every panel key, failures a list of (x, text) annotated on the first panel.
+    Returns False (and says so) when matplotlib is not installed.
+    """
+    try:
+        import matplotlib
+        matplotlib.use('Agg')
+        import matplotlib.pyplot as plt
+        import matplotlib.ticker
+    except ImportError:
+        print(f'matplotlib is not installed: no plot written to {path}')
+        return False
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 5))
+    axes = list(getattr(axes, 'flat', [axes]))
+    xs = sorted({p['x'] for _, _, points, _ in series for p in points})
+    for label, style, points, failures in series:
+        points = sorted(points, key=lambda p: p['x'])
+        if not points:
+            continue
+        for ax, (key, _) in zip(axes, panels):
+            ax.plot([p['x'] for p in points], [p[key] for p in points], label=label, **style)
+        for x, text in failures:
+            axes[0].annotate(text, (x, points[-1][panels[0][0]]), fontsize=7)
+    for ax, (_, axis_title) in zip(axes, panels):
+        ax.set_xscale('log', base=2)
+        ax.set_yscale('log')
+        ax.set_xticks(xs)
+        ax.set_xticklabels([str(x) for x in xs])
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter('%g'))
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xlabel(xlabel)
+        ax.set_title(axis_title)
+        ax.grid(True, which='both', alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+DOCS = REPO / 'docs' / 'benchmarks.md'
+
+
+def add_output_args(parser, quick_help, default_out=DOCS):
+    """The output options every benchmark shares. --quick runs the smallest setting and, unless
+    --out is given, writes nothing: a smoke run must not replace the documented numbers."""
+    parser.add_argument('--quick', action='store_true', help=quick_help)
+    where = default_out.relative_to(REPO) if default_out else 'none, print only'
+    parser.add_argument('--out', help=f'Markdown file whose section is (re)written (default: '
+                        f'{where}; with --quick: none)')
+    parser.set_defaults(default_out=default_out)
+    parser.add_argument('--no-docs', '--no-write', dest='no_write', action='store_true',
+                        help='print only; write no Markdown file')
+    parser.add_argument('--json', help='also write the raw results here')
+
+
+def output_path(args):
+    """Where the Markdown section goes (None: print only)."""
+    if args.no_write:
+        return None
+    return Path(args.out) if args.out else None if args.quick else args.default_out
+
+
+def write_outputs(args, text, section, results):
+    """Print the report; write the JSON and the Markdown section the options ask for."""
+    print(text)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    out = output_path(args)
+    if out is not None:
+        write_section(out, text, section)
+        print(f'wrote the {section} section of {out}')
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # Child side
 # --------------------------------------------------------------------------------------------
@@ -195,6 +284,41 @@ def _op_counter_class():
                 self.flops += flop_registry[func._overloadpacket](*args, **kwargs, out_val=out)
             return out
     return OpCounter
+
+
+def register_timm_vit_taps():
+    """Register `TimmViTTaps` in mmseg: a timm ViT giving the same four tapped, rescaled maps
+    as the mm ViR backbone's `pyramid='taps'`, the baseline of the segmentation benchmark."""
+    import timm
+    from mmengine.model import BaseModule
+    from mmseg.registry import MODELS
+    import torch.nn as nn
+
+    from vir_dense.mm.backbone import TAP_SCALES
+    from vir_dense.mm.neck import rescale_layer
+
+    class TimmViTTaps(BaseModule):
+        def __init__(self, model_name='vit_small_patch16_224', out_indices=(3, 5, 7, 11),
+                     init_cfg=None):
+            super().__init__(init_cfg=init_cfg)
+            self.vit = timm.create_model(model_name, pretrained=False, num_classes=0,
+                                         dynamic_img_size=True, dynamic_img_pad=True)
+            self.out_indices = list(out_indices)
+            self.rescales = nn.ModuleList(
+                rescale_layer(self.vit.embed_dim, scale) for scale in TAP_SCALES)
+
+        def forward(self, x):
+            height, width = x.shape[-2:]
+            feats = self.vit.forward_intermediates(x, indices=self.out_indices,
+                                                   output_fmt='NCHW', intermediates_only=True)
+            outs = []
+            for rescale, feat, scale in zip(self.rescales, feats, TAP_SCALES):
+                stride = int(self.vit.patch_embed.patch_size[0] / scale)
+                outs.append(rescale(feat)[..., :-(-height // stride), :-(-width // stride)])
+            return tuple(outs)
+
+    MODELS.register_module(module=TimmViTTaps, force=True)
+    return TimmViTTaps
 
 
 def __getattr__(name):  # OpCounter needs torch, which the parent process never imports

@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Backbone benchmark: ViR-S (each retention mode, each mask) vs timm ViT-S (SDPA), CPU.
 
-    .venv/bin/python tools/benchmark_backbone.py                       # full run (~40 min)
+    .venv/bin/python tools/benchmark_backbone.py                       # full run (~50 min)
     .venv/bin/python tools/benchmark_backbone.py --sizes 224 512 --train-sizes 512 --repeats 1
+    .venv/bin/python tools/benchmark_backbone.py --quick               # 224² only, prints only
 
 Rows (batch 1, float32, `forward_features`, both models with dynamic_img_size=True):
 - forward (eval, no grad) at every --sizes for ViT-S and, per --masks (default: the dense
@@ -23,8 +24,9 @@ that torch's counter skips. The children run with glibc's mmap threshold raised
 on first touch, which costs ~0.8 ms per MB on this machine (both models pay it; see
 docs/benchmarks.md).
 
-The results go to stdout and between `<!-- backbone:start/end -->` in docs/benchmarks.md; the
-targets are the TARGETS table below, each printed as PASS / MISS with the measured numbers.
+The results go to stdout and between `<!-- backbone:start/end -->` in docs/benchmarks.md (or
+--out); the targets are the data tables RATIO_TARGETS and MAX_OPS_PER_FORWARD below, each
+printed as PASS / MISS (N/A when its rows were not run) with the measured numbers.
 """
 import argparse
 import datetime
@@ -34,8 +36,9 @@ import statistics
 import sys
 import time
 
-from benchlib import (MALLOC_ENV, MIB, REPO, cpu_name, emit, failure, launch, loadavg,
-                      matmul_speed, mem_available, reset_peak_rss, status_bytes, write_section)
+from benchlib import (MALLOC_ENV, MIB, add_output_args, cpu_name, emit, failure, launch,
+                      loadavg, markdown_table, matmul_speed, mem_available, reset_peak_rss,
+                      status_bytes, write_outputs)
 
 VIR, VIT = 'vir_small_patch16_224', 'vit_small_patch16_224'
 HEADS, DIM = 6, 384
@@ -165,31 +168,33 @@ def label(r):
 
 
 def table(results):
-    lines = ['| size | tokens | step | model | mode | latency ms (n) | activation MiB | '
-             'total MiB | ATen ops | GFLOP |', '|---|---|---|---|---|---|---|---|---|---|']
+    rows = []
     for r in results:
         if r['kind'] == 'compile':
             continue
         model, mode = label(r)
-        tokens = (r['size'] // 16) ** 2 + 1
         if r['status'] != 'ok':
             cells = [r['note'], '-', '-', '-', '-']
         else:
             cells = [f'{r["latency_s"] * 1e3:,.0f} ({r["n"]})', f'{r["activation"] / MIB:,.0f}',
                      f'{r["total"] / MIB:,.0f}', f'{r["ops"]:,}', f'{r["flops"] / 1e9:,.1f}']
-        lines.append(f'| {r["size"]}² | {tokens:,} | {r["kind"]} | {model} | {mode} | '
-                     + ' | '.join(cells) + ' |')
+        rows.append([f'{r["size"]}²', f'{(r["size"] // 16) ** 2 + 1:,}', r['kind'], model, mode,
+                     *cells])
+    lines = markdown_table(['size', 'tokens', 'step', 'model', 'mode', 'latency ms (n)',
+                            'activation MiB', 'total MiB', 'ATen ops', 'GFLOP'], rows)
     compiled = [r for r in results if r['kind'] == 'compile']
     if compiled:
-        lines += ['', '| torch.compile (inductor, fullgraph) | size | compile s | eager ms | '
-                  'compiled ms | speed-up | rel. error |', '|---|---|---|---|---|---|---|']
+        rows = []
         for r in compiled:
             if r['status'] != 'ok':
-                lines.append(f'| ViR-S {r["mode"]} | {r["size"]}² | {r["note"]} | | | | |')
+                rows.append([f'ViR-S {r["mode"]}', f'{r["size"]}²', r['note'], '', '', '', ''])
                 continue
-            lines.append(f'| ViR-S {r["mode"]} | {r["size"]}² | {r["compile_s"]:.0f} | '
-                         f'{r["eager_s"] * 1e3:,.0f} | {r["compiled_s"] * 1e3:,.0f} | '
-                         f'{r["eager_s"] / r["compiled_s"]:.2f}x | {r["error"]:.1e} |')
+            rows.append([f'ViR-S {r["mode"]}', f'{r["size"]}²', f'{r["compile_s"]:.0f}',
+                         f'{r["eager_s"] * 1e3:,.0f}', f'{r["compiled_s"] * 1e3:,.0f}',
+                         f'{r["eager_s"] / r["compiled_s"]:.2f}x', f'{r["error"]:.1e}'])
+        lines += [''] + markdown_table(['torch.compile (inductor, fullgraph)', 'size',
+                                        'compile s', 'eager ms', 'compiled ms', 'speed-up',
+                                        'rel. error'], rows)
     return lines
 
 
@@ -199,48 +204,54 @@ def find(results, kind, size, model, mask=None, mode=None):
             and (mode is None or r['mode'] == mode)]
 
 
-def ratio_target(kind, size, max_time, max_memory, mask='bidirectional_2d'):
-    """ViR-S's best mode vs ViT-S: time ratio <= max_time, activation ratio <= max_memory."""
-    def check(results):
-        vit, vir = find(results, kind, size, 'vit'), find(results, kind, size, 'vir', mask)
-        if not vit or not vir:
-            return None, 'not measured'
-        best = min(vir, key=lambda r: r['latency_s'])
-        time_ratio = best['latency_s'] / vit[0]['latency_s']
-        memory_ratio = best['activation'] / max(vit[0]['activation'], 1)
-        text = (f'best ViR-S {best["mode"]} {best["latency_s"]:.2f} s vs ViT-S '
-                f'{vit[0]["latency_s"]:.2f} s = {time_ratio:.2f}x time '
-                f'({1 / time_ratio:.2f}x faster); activation {best["activation"] / MIB:,.0f} '
-                f'vs {vit[0]["activation"] / MIB:,.0f} MiB = {memory_ratio:.2f}x')
-        ok = time_ratio <= max_time and (max_memory is None or memory_ratio <= max_memory)
-        return ok, text
-    return check
-
-
-def ops_target(limit):
-    def check(results):
-        rows = [r for r in results if r['status'] == 'ok' and r['model'] == 'vir'
-                and r['kind'] == 'forward' and r['mode'] != 'parallel']
-        if not rows:
-            return None, 'not measured'
-        worst = max(rows, key=lambda r: r['ops'])
-        return worst['ops'] <= limit, (f'most: {worst["ops"]:,} ops ({worst["mask"]}, '
-                                       f'{worst["size"]}²); ' + ', '.join(
-            f'{r["size"]}²: {r["ops"]:,}' for r in rows if r['mask'] == 'bidirectional_2d'))
-    return check
-
-
-# The acceptance targets (issue 11): name, check(results) -> (ok or None, measured text).
-TARGETS = [
-    ('2048² forward, bidirectional_2d: ViR-S >= 6x faster than ViT-S, activation <= ViT-S',
-     ratio_target('forward', 2048, 1 / 6, 1.0)),
-    ('224² forward: ViR-S <= 1.1x ViT-S latency', ratio_target('forward', 224, 1.1, None)),
-    ('ATen ops per ViR-S forward <= 2,000 at every size (chunkwise)', ops_target(2000)),
-    ('1024² training step: ViR-S peak <= ViT-S, time <= 1.2x',
-     ratio_target('train', 1024, 1.2, 1.0)),
-    ('512² training step: ViR-S time <= 1.2x ViT-S (memory reported)',
-     ratio_target('train', 512, 1.2, None)),
+# The acceptance targets (issue 11), as data. ViR-S's fastest mode (bidirectional_2d) against
+# ViT-S: (step, size, time ratio at most, activation ratio at most or None: reported only).
+RATIO_TARGETS = [
+    ('forward', 2048, 1 / 6, 1.0),
+    ('forward', 224, 1.1, None),
+    ('train', 1024, 1.2, 1.0),
+    ('train', 512, 1.2, None),
 ]
+MAX_OPS_PER_FORWARD = 2000  # dispatched ATen ops of one chunkwise ViR-S forward, every size
+
+
+def ratio_check(results, kind, size, max_time, max_memory, mask='bidirectional_2d'):
+    """(name, ok or None when not measured, measured text) of one RATIO_TARGETS row."""
+    speed = (f'>= {1 / max_time:g}x faster than' if max_time < 1 else
+             f'time <= {max_time:g}x')
+    memory = (' (memory reported)' if max_memory is None else ', activation <= ViT-S'
+              if max_memory == 1 else f', activation <= {max_memory:g}x ViT-S')
+    name = f'{size}² {kind} ({mask}): ViR-S {speed} ViT-S{memory}'
+    vit, vir = find(results, kind, size, 'vit'), find(results, kind, size, 'vir', mask)
+    if not vit or not vir:
+        return name, None, 'not measured'
+    best = min(vir, key=lambda r: r['latency_s'])
+    time_ratio = best['latency_s'] / vit[0]['latency_s']
+    memory_ratio = best['activation'] / max(vit[0]['activation'], 1)
+    text = (f'best ViR-S {best["mode"]} {best["latency_s"]:.2f} s vs ViT-S '
+            f'{vit[0]["latency_s"]:.2f} s = {time_ratio:.2f}x time '
+            f'({1 / time_ratio:.2f}x faster); activation {best["activation"] / MIB:,.0f} '
+            f'vs {vit[0]["activation"] / MIB:,.0f} MiB = {memory_ratio:.2f}x')
+    ok = time_ratio <= max_time and (max_memory is None or memory_ratio <= max_memory)
+    return name, ok, text
+
+
+def ops_check(results, limit=MAX_OPS_PER_FORWARD):
+    name = f'ATen ops per ViR-S forward <= {limit:,} at every size (chunkwise)'
+    rows = [r for r in results if r['status'] == 'ok' and r['model'] == 'vir'
+            and r['kind'] == 'forward' and r['mode'] != 'parallel']
+    if not rows:
+        return name, None, 'not measured'
+    worst = max(rows, key=lambda r: r['ops'])
+    return name, worst['ops'] <= limit, (
+        f'most: {worst["ops"]:,} ops ({worst["mask"]}, {worst["size"]}²); ' + ', '.join(
+            f'{r["size"]}²: {r["ops"]:,}' for r in rows if r['mask'] == 'bidirectional_2d'))
+
+
+def target_lines(results):
+    checks = [ratio_check(results, *row) for row in RATIO_TARGETS] + [ops_check(results)]
+    return [f'- **{"N/A" if ok is None else "PASS" if ok else "MISS"}** {name}: {text}'
+            for name, ok, text in checks]
 
 
 def report(results, args, machine, elapsed):
@@ -255,10 +266,7 @@ def report(results, args, machine, elapsed):
              '`MALLOC_MMAP_THRESHOLD_` raised (both models)',
              '- activation = peak RSS minus RSS after build; ops = ATen ops dispatched per step '
              '(counted); GFLOP = counted matmul work (torch formulas + CPU flash attention)',
-             ''] + table(results) + ['', '### Targets (this run)', '']
-    for name, check in TARGETS:
-        ok, text = check(results)
-        lines.append(f'- **{"N/A" if ok is None else "PASS" if ok else "MISS"}** {name}: {text}')
+             ''] + table(results) + ['', '### Targets (this run)', ''] + target_lines(results)
     return '\n'.join(lines)
 
 
@@ -273,9 +281,10 @@ def main(argv):
     parser.add_argument('--repeats', type=int, default=2)
     parser.add_argument('--threads', type=int, default=1)
     parser.add_argument('--timeout', type=float, default=1200)
-    parser.add_argument('--json', help='also write the raw results here')
-    parser.add_argument('--no-docs', action='store_true', help='do not rewrite docs')
+    add_output_args(parser, '224² forward and training step only, 1 repeat')
     args = parser.parse_args(argv)
+    if args.quick:
+        args.sizes, args.train_sizes, args.repeats, args.timeout = [224], [224], 1, 300
     machine = dict(cpu=cpu_name(), load_start=loadavg(), gflops=matmul_speed()[0])
     started, results = time.time(), []
     for cfg in configurations(args):
@@ -288,13 +297,8 @@ def main(argv):
             record = records[-1] if records else failure(code, err, cfg['timeout'])
         results.append(dict(cfg, **record))
         print(table([results[-1]])[-1], flush=True)
-    text = report(results, args, machine, time.time() - started)
-    print(text)
-    if args.json:
-        with open(args.json, 'w') as f:
-            json.dump(results, f, indent=1)
-    if not args.no_docs:
-        write_section(REPO / 'docs' / 'benchmarks.md', text, 'backbone')
+    write_outputs(args, report(results, args, machine, time.time() - started), 'backbone',
+                  results)
 
 
 if __name__ == '__main__':

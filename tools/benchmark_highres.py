@@ -2,17 +2,15 @@
 """High-resolution semantic segmentation benchmark: whole-image UperNet + ViR-S in chunkwise
 and parallel retention, vs sliding windows, vs the same UperNet on a timm ViT-S (CPU, fp32).
 
-    .venv/bin/python tools/benchmark_highres.py                          # full run (long)
-    .venv/bin/python tools/benchmark_highres.py --sizes 256 512 --timeout 600   # quick check
+    .venv/bin/python tools/benchmark_highres.py                  # full run (hours)
+    .venv/bin/python tools/benchmark_highres.py --quick          # 256 px, all configurations,
+                                                                 # prints only (minutes)
 
-What is measured
-----------------
-The time and peak memory of segmenting one random RGB image of S x S pixels, end to end, with
-`vir_dense.apis.seg.segment_array` (what tools/infer_seg.py runs): test pipeline at the
-image's own size (`--scale none`), data preprocessor, model, logits -> label map at full
-resolution. Batch 1, float32, eval mode, no grad, random init (no ViR weights exist; weights do
-not change the cost). The model is configs/upernet_vir_s_ade20k.py (150 classes, UPerHead with
-512 channels, FCN auxiliary head unused at test time) with:
+What is measured: the time and peak memory of segmenting one random RGB image of S x S pixels
+end to end with `vir_dense.apis.seg.segment_array` (what tools/infer_seg.py --scale none runs:
+test pipeline at the image's own size, data preprocessor, model, label map at full resolution).
+Batch 1, fp32, eval, no grad, random init (weights do not change the cost); the model is
+configs/upernet_vir_s_ade20k.py (150 classes, 512-channel UPerHead) with:
 
   vir_chunkwise  ViR-S, chunkwise retention (`--chunk-size` tokens, whole rows), whole image
   vir_parallel   ViR-S, parallel retention ((Q K^T * D) V: N x N per head), whole image
@@ -21,27 +19,25 @@ not change the cost). The model is configs/upernet_vir_s_ade20k.py (150 classes,
                  with the same taps (blocks 3/5/7/11 rescaled x4/x2/x1/x0.5) and head, whole image
   vit_slide      the same ViT-S in sliding windows
 
-Whole-image mode runs vir_dense's memory-lean UPerHead forward and banded logit upsampling
-(same results as mmseg's; mmseg's own whole-image path would hold ~9 stride-4 maps of 512
-channels and the 150 x S x S logits), slide mode the same windows as mmseg with in-place
-accumulation; both keep full-size logits only where mmseg's method needs them (slide: the
-150 x S x S sum of window logits).
+Whole-image mode runs vir_dense's memory-lean UPerHead and banded logit upsampling (mmseg's
+results without its ~9 stride-4 maps of 512 channels and 150 x S x S logits); slide mode the
+windows of mmseg with in-place accumulation (the 150 x S x S sum of window logits).
 
-Each (configuration, size) runs in a fresh subprocess: build the model, warm up once at 128 px,
-reset the kernel's peak-RSS mark (/proc/self/clear_refs), then time the segmentation
-(one run; up to `--repeats` runs, median, while a run takes < 20 s). "peak" is the child's
-VmHWM after the timed runs (its whole RSS: Python, torch, model and activations); "act" is
-peak minus the RSS before the timed runs. The child gets an address-space limit (RLIMIT_AS)
-of its current size plus the memory free at launch (capped by `--mem-gb`), so an oversized
-allocation fails inside torch ("OOM") instead of calling the kernel's OOM killer. A
-configuration whose rough memory estimate (see `estimate_memory`) exceeds that budget is
-skipped, and one that ran out of memory or time at a size is not tried at larger sizes.
-The machine's fp32 matmul GFLOP/s is measured in the same run (CPU speed varies with load):
-compare ratios between configurations, not absolute times across runs.
+Each (configuration, size) runs in a fresh subprocess: build, warm up once at 128 px, reset the
+peak-RSS mark (/proc/self/clear_refs), time the segmentation (median of up to `--repeats` runs
+while a run takes < 20 s). "peak" is the child's VmHWM (Python, torch, model, activations),
+"act" peak minus the RSS before the timed runs. An address-space limit (RLIMIT_AS: free memory
+at launch, capped by `--mem-gb`) turns an oversized allocation into an "OOM" inside torch rather
+than a visit from the kernel's OOM killer. A configuration whose memory estimate
+(`estimate_memory`: the retention operator's own formula, `transient_elements` at its own chunk
+geometry, for the chunkwise term; computed in the probe child, so this process never imports
+vir_dense or mmseg) exceeds that budget is skipped; one that ran out of memory or time is not
+tried at larger sizes. The matmul GFLOP/s of the machine is measured at the start and the end
+(CPU speed varies with load): compare configurations within a run, not times across runs.
 
 Output: a table on stdout and between `<!-- highres:start -->` / `<!-- highres:end -->` in
-docs/benchmarks.md (the rest of the file is left as it is), and a plot
-docs/benchmark_highres.png (latency and peak memory vs resolution, log scales).
+docs/benchmarks.md (or --out; the rest of the file is left as it is), and a log-log plot of
+latency and peak memory vs size beside it, benchmark_highres.png (or --plot).
 """
 import argparse
 import datetime
@@ -52,52 +48,58 @@ import sys
 import time
 from pathlib import Path
 
-from benchlib import (GIB, REPO, cpu_name, emit, failure, is_oom, launch, limit_address_space,
-                      matmul_speed, mem_available, reset_peak_rss, status_bytes,
-                      write_section)
+from benchlib import (GIB, REPO, add_output_args, cpu_name, emit, failure, is_oom, launch,
+                      limit_address_space, markdown_table, matmul_speed, mem_available,
+                      output_path, plot_loglog, register_timm_vit_taps, reset_peak_rss,
+                      status_bytes, write_outputs)
 
 CONFIG = REPO / 'configs' / 'upernet_vir_s_ade20k.py'
 
+# name: backbone, retention form, test mode, label, plot style
 CONFIGS = {
     'vir_chunkwise': dict(backbone='vir', retention='chunkwise', mode='whole',
-                          label='ViR-S chunkwise, whole'),
+                          label='ViR-S chunkwise, whole', style=dict(marker='s', lw=2.5)),
     'vir_parallel': dict(backbone='vir', retention='parallel', mode='whole',
-                         label='ViR-S parallel, whole'),
+                         label='ViR-S parallel, whole', style=dict(marker='^')),
     'vir_slide': dict(backbone='vir', retention='parallel', mode='slide',
-                      label='ViR-S parallel, slide 512/341'),
-    'vit_whole': dict(backbone='vit', retention=None, mode='whole', label='ViT-S, whole'),
+                      label='ViR-S parallel, slide 512/341', style=dict(marker='v', ls='--')),
+    'vit_whole': dict(backbone='vit', retention=None, mode='whole', label='ViT-S, whole',
+                      style=dict(marker='o', color='black', lw=2)),
     'vit_slide': dict(backbone='vit', retention=None, mode='slide',
-                      label='ViT-S, slide 512/341'),
+                      label='ViT-S, slide 512/341', style=dict(marker='o', color='grey', ls='--')),
 }
-DIM, HEADS, DEPTH, PATCH = 384, 6, 12, 16
+DIM, HEADS, PATCH = 384, 6, 16
 HEAD_CHANNELS, NUM_CLASSES = 512, 150
 CROP, STRIDE = 512, 341
 
 
 # --------------------------------------------------------------------------------------------
-# Estimates (for the skip guard; deliberately on the generous side)
+# Memory estimate for the skip guard (deliberately on the generous side); runs in the probe
+# child. The chunkwise term is the operator's own formula at the operator's chunk geometry.
 # --------------------------------------------------------------------------------------------
-def _ceil_div(a, b):
-    return -(-a // b)
-
-
 def _window_bytes(size, backbone, retention, chunk):
     """Activations of one whole-image forward at `size` (lean head, banded upsampling)."""
-    cols = _ceil_div(size, PATCH)
-    tokens = cols * cols
-    stride4 = _ceil_div(size, 4) ** 2
+    from vir_dense.ops.retention import make_layout, rows_per_chunk
+    from vir_dense.ops.retention.chunkwise import transient_elements
+    cols = -(-size // PATCH)
+    # bidirectional ViR runs its class token through the blocks: one more grid row
+    layout = make_layout('bidirectional_2d', cols * cols + 1, (cols, cols), cls_token=True)
+    tokens = layout.num_tokens
+    stride4 = (-(-size // 4)) ** 2
     tokens_b = 24 * tokens * DIM * 4            # token tensors, qkv, MLP hidden, 4 taps
     if backbone == 'vit':
-        quadratic = 0                           # SDPA's CPU flash kernel: no N x N tensor
+        retention_b = 0                         # SDPA's CPU flash kernel: no N x N tensor
     elif retention == 'parallel':
-        quadratic = 3 * HEADS * tokens * tokens * 4   # mask, scores, masked scores
+        retention_b = 3 * HEADS * tokens * tokens * 4   # mask, scores, masked scores
     else:
-        chunk_tokens = min(max(1, chunk // cols), cols) * cols  # square image: rows == cols
-        quadratic = 3 * HEADS * chunk_tokens ** 2 * 4 + 2 * HEADS * cols * 64 * 64 * 4
+        retention_b = 4 * transient_elements(1, HEADS, layout.grid_rows, cols, DIM // HEADS,
+                                             rows_per_chunk(chunk, cols), causal=False)
     pyramid = stride4 * DIM * 4 * 2             # the x4 tap (and its making)
     head = stride4 * HEAD_CHANNELS * 4 * 3      # lean UPerHead peak
     logits = stride4 * NUM_CLASSES * 4
-    return tokens_b + quadratic + pyramid + head + logits
+    # Retention's transients are freed before the pyramid and head run: the peak is the larger
+    # of the two phases (at 4096² chunkwise both are ~12 GB; measured peak 10.7 GiB in all).
+    return tokens_b + max(retention_b, pyramid + head + logits)
 
 
 def estimate_memory(name, size, chunk):
@@ -116,47 +118,16 @@ def estimate_memory(name, size, chunk):
 # --------------------------------------------------------------------------------------------
 # Child processes
 # --------------------------------------------------------------------------------------------
-def _register_timm_vit():
-    """`TimmViTTaps`: timm ViT-S giving the same four tapped, rescaled maps as ViR's taps."""
-    import timm
-    from mmengine.model import BaseModule
-    from mmseg.registry import MODELS
-    import torch.nn as nn
-
-    from vir_dense.mm.backbone import TAP_SCALES
-    from vir_dense.mm.neck import rescale_layer
-
-    class TimmViTTaps(BaseModule):
-        def __init__(self, model_name='vit_small_patch16_224', out_indices=(3, 5, 7, 11),
-                     init_cfg=None):
-            super().__init__(init_cfg=init_cfg)
-            self.vit = timm.create_model(model_name, pretrained=False, num_classes=0,
-                                         dynamic_img_size=True, dynamic_img_pad=True)
-            self.out_indices = list(out_indices)
-            self.rescales = nn.ModuleList(
-                rescale_layer(self.vit.embed_dim, scale) for scale in TAP_SCALES)
-
-        def forward(self, x):
-            height, width = x.shape[-2:]
-            feats = self.vit.forward_intermediates(x, indices=self.out_indices,
-                                                   output_fmt='NCHW', intermediates_only=True)
-            outs = []
-            for rescale, feat, scale in zip(self.rescales, feats, TAP_SCALES):
-                stride = int(PATCH / scale)
-                outs.append(rescale(feat)[..., :-(-height // stride), :-(-width // stride)])
-            return tuple(outs)
-
-    MODELS.register_module(module=TimmViTTaps, force=True)
-    return TimmViTTaps
-
-
 def child_probe(cfg):
-    """fp32 2048^3 matmul GFLOP/s (best of 10) with the benchmark's thread count."""
+    """fp32 2048^3 matmul GFLOP/s (best of 10) with the benchmark's thread count, and the
+    memory estimate of each (configuration, size) in cfg['plan']."""
     import torch
     torch.set_num_threads(cfg['threads'])
     gflops, _ = matmul_speed()
+    estimates = {f'{name}@{size}': estimate_memory(name, size, cfg['chunk'])
+                 for name, size in cfg.get('plan', [])}
     emit(status='ok', gflops=gflops, threads=torch.get_num_threads(), torch=torch.__version__,
-         cpu=cpu_name(), cores=os.cpu_count())
+         cpu=cpu_name(), cores=os.cpu_count(), estimates=estimates)
 
 
 def child_run(cfg):
@@ -172,7 +143,7 @@ def child_run(cfg):
     spec = CONFIGS[cfg['name']]
     config = Config.fromfile(str(CONFIG))
     if spec['backbone'] == 'vit':
-        _register_timm_vit()
+        register_timm_vit_taps()
         config.model.backbone = dict(type='TimmViTTaps', model_name='vit_small_patch16_224',
                                      out_indices=(3, 5, 7, 11))
     model = init_segmentor(config, None, device='cpu', retention_mode=spec['retention'],
@@ -215,11 +186,10 @@ def child_run(cfg):
             while True:
                 start = time.perf_counter()
                 backbone_calls.clear()
-                labels = segment_array(model, image, pipeline=pipeline)
+                segment_array(model, image, pipeline=pipeline)  # the label map is dropped
                 times.append(time.perf_counter() - start)
                 backbone_times.append(sum(backbone_calls))
                 emit(event='run', seconds=times[-1])
-                del labels
                 if len(times) >= cfg['repeats'] or times[-1] > 20:
                     break
     except (RuntimeError, MemoryError) as error:
@@ -245,28 +215,29 @@ def run_one(name, size, args, budget):
     result = dict(name=name, size=size, wall_s=time.perf_counter() - started)
     final = next((r for r in reversed(records) if 'status' in r), None)
     if final is not None:
-        result.update(final)
-        return result
+        return dict(result, **final)
+    # Died or timed out: what the events say about the first run (the backbone calls before
+    # it finished, all of them if it did not).
+    events = [r.get('event') for r in records] + ['run']
+    first = records[:events.index('run')]
     runs = [r['seconds'] for r in records if r.get('event') == 'run']
-    # Backbone calls before the first finished run (all of them when it did not finish).
-    first_run = next((i for i, r in enumerate(records) if r.get('event') == 'run'),
-                     len(records))
-    backbone_calls = [r['seconds'] for r in records[:first_run] if r.get('event') == 'backbone']
-    if backbone_calls:
-        result['backbone_s'] = sum(backbone_calls)
+    backbone = sum(r['seconds'] for r in first if r.get('event') == 'backbone')
+    if backbone:
+        result['backbone_s'] = backbone
     result.update(failure(code, err, args.timeout))
     if code == 'timeout':
         result['timeout_s'] = args.timeout
-        if runs:
-            result['note'] += f' (1st run {runs[0]:.0f} s)'
-        if backbone_calls:
-            result['note'] += f' (backbone {sum(backbone_calls):.0f} s so far)'
+        result['note'] += ''.join([f' (1st run {runs[0]:.0f} s)' if runs else '',
+                                   f' (backbone {backbone:.0f} s so far)' if backbone else ''])
     return result
 
 
 def run_all(args):
-    probe, _, _ = launch(__file__, 'probe', dict(threads=args.threads), 300)
+    plan = [(name, size) for size in args.sizes for name in args.configs]
+    probe, _, _ = launch(__file__, 'probe', dict(threads=args.threads, chunk=args.chunk_size,
+                                                 plan=plan), 300)
     machine = probe[-1] if probe else dict(gflops=float('nan'), threads=args.threads)
+    estimates = machine.pop('estimates', {})
     print(f'fp32 matmul: {machine.get("gflops", float("nan")):.1f} GFLOP/s with '
           f'{machine.get("threads")} threads', flush=True)
     results, failed = [], set()
@@ -275,11 +246,11 @@ def run_all(args):
             budget = mem_available()
             if args.mem_gb:
                 budget = min(budget, int(args.mem_gb * GIB))
-            estimate = estimate_memory(name, size, args.chunk_size)
+            estimate = estimates.get(f'{name}@{size}')  # None: the probe failed, no guard
             if name in failed:
                 result = dict(name=name, size=size, status='skipped',
                               note='skipped (failed at a smaller size)')
-            elif args.guard and estimate > budget:
+            elif args.guard and estimate and estimate > budget:
                 result = dict(name=name, size=size, status='skipped',
                               note=f'skipped: needs ~{estimate / GIB:.0f} GiB '
                                    f'(> {budget / GIB:.0f} GiB free)')
@@ -291,7 +262,8 @@ def run_all(args):
                 failed.add(name)
             print(f'\r  {CONFIGS[name]["label"]:<32} {size:>5}px  {cell(result)}', flush=True)
             results.append(result)
-    probe, _, _ = launch(__file__, 'probe', dict(threads=args.threads), 300)
+    probe, _, _ = launch(__file__, 'probe', dict(threads=args.threads, chunk=args.chunk_size),
+                         300)
     machine['gflops_end'] = probe[-1]['gflops'] if probe else float('nan')
     return results, machine
 
@@ -309,9 +281,20 @@ def _find(results, name, size):
                  and r.get('status') == 'ok'), None)
 
 
-def report(results, machine, args, argv, elapsed):
+def ratio_cell(r, base):
+    """Latency and peak of `r` relative to ViR-S chunkwise's at the same size."""
+    if not (r and base):
+        return '-'
+    text = (f'{r["latency_s"] / base["latency_s"]:.2f}x time, '
+            f'{r["peak"] / base["peak"]:.2f}x mem')
+    if r.get('backbone_s') and base.get('backbone_s'):
+        text += f', backbone {r["backbone_s"] / base["backbone_s"]:.1f}x'
+    return text
+
+
+def report(results, machine, args, argv, elapsed, plot_path):
     sizes = sorted({r['size'] for r in results})
-    names = [n for n in args.configs]
+    names = args.configs
     lines = [
         '## High-resolution segmentation: whole-image ViR-S (chunkwise) vs parallel, sliding '
         'window and ViT-S', '',
@@ -328,40 +311,35 @@ def report(results, machine, args, argv, elapsed):
         '341. Cells: latency (median of the timed runs) (the backbone\'s part of it, timed by '
         'forward hooks; the rest is the shared UPerHead, pipeline and upsampling) / peak RSS '
         'of a fresh process (Python, torch and weights included, ~1 GiB) (+ its increase '
-        'during the timed runs).', '',
-        '| size | ' + ' | '.join(CONFIGS[n]['label'] for n in names) + ' |',
-        '|---:|' + '---:|' * len(names),
-    ]
-    for size in sizes:
-        row = [f'{size}x{size}']
-        for name in names:
-            r = next((x for x in results if x['name'] == name and x['size'] == size), None)
-            row.append(cell(r) if r else '-')
-        lines.append('| ' + ' | '.join(row) + ' |')
+        'during the timed runs).', '']
+
+    def result(name, size):
+        return next((r for r in results if r['name'] == name and r['size'] == size), None)
+    lines += markdown_table(
+        ['size'] + [CONFIGS[n]['label'] for n in names],
+        [[f'{size}x{size}'] + [cell(result(n, size)) if result(n, size) else '-' for n in names]
+         for size in sizes], align='---:')
     lines += ['', 'Ratios (same run): latency and peak memory of each configuration divided by '
               "ViR-S chunkwise's.", '']
     others = [n for n in names if n != 'vir_chunkwise']
     if 'vir_chunkwise' in names and others:
-        lines += ['| size | ' + ' | '.join(CONFIGS[n]['label'] for n in others) + ' |',
-                  '|---:|' + '---:|' * len(others)]
-        for size in sizes:
-            base = _find(results, 'vir_chunkwise', size)
-            row = [f'{size}x{size}']
-            for name in others:
-                r = _find(results, name, size)
-                text = '-'
-                if r and base:
-                    text = (f'{r["latency_s"] / base["latency_s"]:.2f}x time, '
-                            f'{r["peak"] / base["peak"]:.2f}x mem')
-                    if r.get('backbone_s') and base.get('backbone_s'):
-                        text += f', backbone {r["backbone_s"] / base["backbone_s"]:.1f}x'
-                row.append(text)
-            lines.append('| ' + ' | '.join(row) + ' |')
+        lines += markdown_table(
+            ['size'] + [CONFIGS[n]['label'] for n in others],
+            [[f'{size}x{size}'] + [ratio_cell(_find(results, n, size),
+                                              _find(results, 'vir_chunkwise', size))
+                                   for n in others] for size in sizes], align='---:')
+    if plot_path and REPO in Path(plot_path).resolve().parents:
+        plot_path = Path(plot_path).resolve().relative_to(REPO)
+    plot_note = f' Plot: `{plot_path}`.' if plot_path else ''
     lines += ['', *target_checks(results, sizes), '',
               'Guards: a configuration whose estimated peak exceeds the free memory is skipped; '
-              'one that ran out of memory or time is not tried at larger sizes. '
-              f'Plot: `{os.path.relpath(args.plot, REPO)}`.']
+              'one that ran out of memory or time is not tried at larger sizes.' + plot_note]
     return '\n'.join(lines)
+
+
+# ViT-S whole-image inference at the largest size takes at least this many times ViR-S
+# chunkwise's latency, end to end (the "several times slower" target).
+VIT_SLOWER_AT_LEAST = 3.0
 
 
 def target_checks(results, sizes):
@@ -388,60 +366,23 @@ def target_checks(results, sizes):
                     if vit.get('backbone_s') and vir.get('backbone_s') else '')
         lines.append(f'- ViT-S whole image: {ratio:.1f}x the time of ViR-S chunkwise '
                      f'({vit["latency_s"]:.1f} s), peak {vit["peak"] / GIB:.2f} GiB{backbone}; '
-                     f'target "several times slower" (>= 3x end to end) '
-                     f'{"met" if ratio >= 3 else "NOT met"}.')
+                     f'target "several times slower" (>= {VIT_SLOWER_AT_LEAST:g}x end to end) '
+                     f'{"met" if ratio >= VIT_SLOWER_AT_LEAST else "NOT met"}.')
     return lines
 
 
 def plot(results, names, path):
-    try:
-        import matplotlib
-        matplotlib.use('Agg')
-        import matplotlib.pyplot as plt
-        import matplotlib.ticker
-    except ImportError:
-        print(f'matplotlib is not installed: no plot written to {path}')
-        return False
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
-    styles = dict(vir_chunkwise=dict(marker='s', lw=2.5), vir_parallel=dict(marker='^'),
-                  vir_slide=dict(marker='v', ls='--'), vit_whole=dict(marker='o', color='black',
-                                                                     lw=2),
-                  vit_slide=dict(marker='o', color='grey', ls='--'))
+    series = []
     for name in names:
-        rows = sorted((r for r in results if r['name'] == name and r.get('status') == 'ok'),
-                      key=lambda r: r['size'])
-        if not rows:
-            continue
-        sizes = [r['size'] for r in rows]
-        style = styles.get(name, {})
-        axes[0].plot(sizes, [r['latency_s'] for r in rows], label=CONFIGS[name]['label'],
-                     **style)
-        axes[1].plot(sizes, [r['peak'] / GIB for r in rows], label=CONFIGS[name]['label'],
-                     **style)
-        failed = [r for r in results if r['name'] == name and r.get('status') in (
-            'OOM', 'timeout')]
-        for r in failed:
-            axes[0].annotate(r['status'], (r['size'], rows[-1]['latency_s']), fontsize=7)
-    all_sizes = sorted({r['size'] for r in results})
-    for ax, title in zip(axes, ['latency (s)', 'peak RSS (GiB)']):
-        ax.set_xscale('log', base=2)
-        ax.set_yscale('log')
-        ax.set_xticks(all_sizes)
-        ax.set_xticklabels([str(s) for s in all_sizes])
-        ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter('%g'))
-        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        ax.set_xlabel('image size (pixels per side)')
-        ax.set_title(title)
-        ax.grid(True, which='both', alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.suptitle('UperNet whole-image vs sliding-window inference, CPU fp32 batch 1 '
-                 '(missing points: OOM / timeout / skipped, see docs/benchmarks.md)',
-                 fontsize=10)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+        mine = [r for r in results if r['name'] == name]
+        points = [dict(x=r['size'], latency=r['latency_s'], peak=r['peak'] / GIB)
+                  for r in mine if r.get('status') == 'ok']
+        failures = [(r['size'], r['status']) for r in mine if r.get('status') in ('OOM', 'timeout')]
+        series.append((CONFIGS[name]['label'], CONFIGS[name]['style'], points, failures))
+    return plot_loglog(path, series, [('latency', 'latency (s)'), ('peak', 'peak RSS (GiB)')],
+                       'image size (pixels per side)',
+                       'UperNet whole-image vs sliding-window inference, CPU fp32 batch 1 '
+                       '(missing points: OOM / timeout / skipped, see docs/benchmarks.md)')
 
 
 def parse_args(argv):
@@ -466,13 +407,12 @@ def parse_args(argv):
                              'memory (default: %(default)s)')
     parser.add_argument('--no-guard', dest='guard', action='store_false',
                         help='run configurations even if their memory estimate is too big')
-    parser.add_argument('--out', default=str(REPO / 'docs' / 'benchmarks.md'),
-                        help='markdown file whose highres section is (re)written')
-    parser.add_argument('--plot', default=str(REPO / 'docs' / 'benchmark_highres.png'))
-    parser.add_argument('--no-write', action='store_true',
-                        help='print only; leave docs/ untouched')
-    parser.add_argument('--json', help='also dump the raw results to this file')
+    parser.add_argument('--plot', help='plot file (default: benchmark_highres.png beside the '
+                                       'Markdown file)')
+    add_output_args(parser, '--sizes 256 --repeats 1 --timeout 600: every configuration once')
     args = parser.parse_args(argv)
+    if args.quick:
+        args.sizes, args.repeats, args.timeout = [256], 1, 600
     if args.threads is None:
         import torch
         args.threads = torch.get_num_threads()
@@ -485,17 +425,14 @@ def main(argv=None):
         {'run': child_run, 'probe': child_probe}[argv[1]](json.loads(argv[2]))
         return 0
     args = parse_args(argv)
+    out = output_path(args)
+    plot_path = args.plot or (out.with_name('benchmark_highres.png') if out else None)
     started = time.perf_counter()
     results, machine = run_all(args)
-    body = report(results, machine, args, argv, time.perf_counter() - started)
-    print('\n' + body)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(dict(machine=machine, results=results), indent=1))
-    if not args.no_write:
-        write_section(args.out, body, 'highres')
-        plotted = plot(results, args.configs, args.plot)
-        print(f'\nwrote {args.out}' + (f' and {args.plot}' if plotted else ''))
+    body = report(results, machine, args, argv, time.perf_counter() - started, plot_path)
+    write_outputs(args, '\n' + body, 'highres', dict(machine=machine, results=results))
+    if plot_path and plot(results, args.configs, plot_path):
+        print(f'wrote {plot_path}')
     return 0
 
 

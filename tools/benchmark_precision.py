@@ -4,16 +4,17 @@ autocast (bf16, fp16) vs float32, ViR-S (paper retention, i.e. unnormalized, and
 vs timm ViT-S, side by side in one run.
 
     .venv/bin/python tools/benchmark_precision.py [--sizes 512 1024] [--dtypes bfloat16]
+    .venv/bin/python tools/benchmark_precision.py --quick       # 224² only, prints only
 
 Random weights with LayerScale 1.0 (ViR's default 1e-5 would hide the blocks), the same random
 image for every model; error = ||out - out_fp32|| / ||out_fp32||. Writes the table between
-`<!-- precision:start/end -->` in docs/benchmarks.md.
+`<!-- precision:start/end -->` in docs/benchmarks.md (or --out).
 """
 import argparse
 import sys
 import time
 
-from benchlib import REPO, write_section
+from benchlib import add_output_args, markdown_table, write_outputs
 
 
 def error(name, size, dtype, **kwargs):
@@ -37,8 +38,10 @@ def main(argv):
     parser.add_argument('--sizes', type=int, nargs='+', default=[512, 1024])
     parser.add_argument('--dtypes', nargs='+', default=['bfloat16'])
     parser.add_argument('--threads', type=int, default=2)
-    parser.add_argument('--no-docs', action='store_true')
+    add_output_args(parser, '224² only')
     args = parser.parse_args(argv)
+    if args.quick:
+        args.sizes = [224]
     import torch
     torch.set_num_threads(args.threads)
     models = [('ViT-S (timm, SDPA)', 'vit_small_patch16_224', {}),
@@ -50,8 +53,7 @@ def main(argv):
                dict(mask='bidirectional_2d', retention_mode='chunkwise',
                     normalize_retention=True))]
     start = time.time()
-    lines = ['| model | ' + ' | '.join(f'{d} {s}²' for d in args.dtypes for s in args.sizes)
-             + ' |', '|---|' + '---|' * (len(args.dtypes) * len(args.sizes))]
+    rows = []
     for title, name, kwargs in models:
         cells = []
         for dtype in args.dtypes:
@@ -61,15 +63,14 @@ def main(argv):
                     continue
                 cells.append(error(name, size, dtype, **kwargs))
                 print(title, dtype, size, cells[-1], flush=True)
-        lines.append(f'| {title} | ' + ' | '.join(cells) + ' |')
+        rows.append([title, *cells])
     text = '\n'.join([
         '## Mixed precision: relative error of the features under CPU autocast vs float32', '',
         f'`python tools/benchmark_precision.py {" ".join(argv)}` ({(time.time() - start) / 60:.1f}'
         f' min, {args.threads} threads); random weights, LayerScale 1.0, one image; the '
-        'retention operator computes in float32 inside autocast.', ''] + lines)
-    print(text)
-    if not args.no_docs:
-        write_section(REPO / 'docs' / 'benchmarks.md', text, 'precision')
+        'retention operator computes in float32 inside autocast.', ''] + markdown_table(
+            ['model'] + [f'{d} {s}²' for d in args.dtypes for s in args.sizes], rows))
+    write_outputs(args, text, 'precision', rows)
 
 
 if __name__ == '__main__':

@@ -6,18 +6,22 @@
 Each (size, mask) runs in a fresh child: q, k, v for ViR-S's 6 heads of dim 64 on the size/16
 patch grid (+ class token) are built first, then the peak RSS of one forward call (no grad)
 minus the RSS before it is the operator's transient peak. The prediction is
-`vir_dense.ops.retention.chunkwise.transient_elements` x 4 bytes.
+`vir_dense.ops.retention.chunkwise.transient_elements` x 4 bytes, at the geometry the operator
+itself uses (its `make_layout` grid, its `rows_per_chunk`).
+
+    .venv/bin/python tools/measure_retention_memory.py --quick     # 256² only
 """
 import argparse
 import json
 import sys
 
-from benchlib import MALLOC_ENV, MIB, emit, failure, launch, reset_peak_rss, status_bytes
+from benchlib import (MALLOC_ENV, MIB, add_output_args, emit, failure, launch,
+                      markdown_table, reset_peak_rss, status_bytes, write_outputs)
 
 
 def child(cfg):
     import torch
-    from vir_dense.ops.retention import decay_gammas, retention
+    from vir_dense.ops.retention import decay_gammas, make_layout, retention, rows_per_chunk
     from vir_dense.ops.retention.chunkwise import transient_elements
     torch.set_num_threads(1)
     side = cfg['size'] // 16
@@ -32,32 +36,45 @@ def child(cfg):
         reset_peak_rss()
         retention(q, k, v, **kwargs)
         peak = status_bytes('VmHWM')
-    predicted = transient_elements(1, 6, side + 1, side, 64, cfg['chunk'] // side,
+    layout = make_layout(cfg['mask'], q.shape[-2], (side, side), cls_token=True)
+    predicted = transient_elements(1, 6, layout.grid_rows, layout.cols, 64,
+                                   rows_per_chunk(cfg['chunk'], layout.cols),
                                    cfg['mask'].startswith('causal')) * 4
     emit(status='ok', measured=peak - base, predicted=predicted)
 
 
 def main(argv):
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--sizes', type=int, nargs='+', default=[1024, 2048])
     parser.add_argument('--chunk', type=int, default=1024)
     parser.add_argument('--default-malloc', action='store_true',
                         help="keep glibc's mmap threshold: every large tensor is its own "
                              'mapping, returned when freed, so RSS follows the live tensors')
+    add_output_args(parser, '256² only', default_out=None)  # prints; --out to keep the table
     args = parser.parse_args(argv)
-    print('| size | mask | measured MiB | formula MiB |\n|---|---|---|---|')
+    if args.quick:
+        args.sizes = [256]
+    rows, results = [], []
     for size in args.sizes:
         for mask in ('bidirectional_2d', 'causal_2d'):
             records, code, err = launch(__file__, 'run', dict(size=size, mask=mask,
                                                               chunk=args.chunk), 900,
                                         env=None if args.default_malloc else MALLOC_ENV)
             r = records[-1] if records else failure(code, err, 900)
+            results.append(dict(r, size=size, mask=mask))
             if r['status'] != 'ok':
-                print(f'| {size}² | {mask} | {r["note"]} | |')
-                continue
-            print(f'| {size}² | {mask} | {r["measured"] / MIB:,.0f} | '
-                  f'{r["predicted"] / MIB:,.0f} |', flush=True)
-
+                rows.append([f'{size}²', mask, r['note'], ''])
+            else:
+                rows.append([f'{size}²', mask, f'{r["measured"] / MIB:,.0f}',
+                             f'{r["predicted"] / MIB:,.0f}'])
+            print(' '.join(map(str, rows[-1])), flush=True)
+    malloc = "glibc's default" if args.default_malloc else 'raised (MALLOC_MMAP_THRESHOLD_)'
+    text = '\n'.join([
+        '## Transient memory of one chunkwise retention call: measured vs formula', '',
+        f'`python tools/measure_retention_memory.py {" ".join(argv)}`: ViR-S heads (6 x 64), '
+        f'chunk {args.chunk} tokens, fresh process per row, mmap threshold {malloc}.', '']
+        + markdown_table(['size', 'mask', 'measured MiB', 'formula MiB'], rows))
+    write_outputs(args, text, 'retention_memory', results)
 
 if __name__ == '__main__':
     if sys.argv[1:2] == ['--_child']:
