@@ -109,6 +109,19 @@ def test_distillation_lowers_matching_losses_and_output_loads(setup, tmp_path):
                 assert torch.equal(loaded[key], value), key
         assert len([k for k in loaded if not k.startswith('head')]) == \
             len([k for k in state if not k.startswith('head')])
+    # the head (docs/distillation.md, "In timm"): kept when the overlay names the file's class
+    # count; timm drops classifier weights when num_classes differs from the pretrained cfg's
+    # (1000), and with the default num_classes the file's 4-class head cannot load at all
+    kwargs = dict(pretrained=True, depth=2, patch_size=8, img_size=IMG)
+    model = timm.create_model('vir_tiny_patch16_224', num_classes=4, **kwargs,
+                              pretrained_cfg_overlay=dict(file=output, num_classes=4))
+    assert torch.equal(model.head.weight, state['head.weight'])
+    model = timm.create_model('vir_tiny_patch16_224', num_classes=4, **kwargs,
+                              pretrained_cfg_overlay=dict(file=output))
+    assert not torch.equal(model.head.weight, state['head.weight'])  # a fresh head
+    with pytest.raises(RuntimeError, match='Missing key.*head.weight'):
+        timm.create_model('vir_tiny_patch16_224', **kwargs,
+                          pretrained_cfg_overlay=dict(file=output))
     # the same ViR function: the timm model (mask from the checkpoint meta) matches the student
     meta = torch.load(output, weights_only=True)['meta']
     model = timm.create_model('vir_tiny_patch16_224', pretrained=True, depth=2, patch_size=8,
@@ -125,7 +138,8 @@ def test_stage_1_lowers_block_losses_and_trains_only_retention_branches(setup, t
     images = _batch(setup)
     with torch.no_grad():
         before = BlockMatching(teacher, naive)(images)
-    student = distill(_config(setup, tmp_path, stage2_steps=0), printer=lambda _: None)['student']
+    student = distill(_config(setup, tmp_path, stage2_steps=0, calibrate='scale'),
+                      printer=lambda _: None)['student']
     with torch.no_grad():
         after = BlockMatching(teacher, student)(images)
     assert (after < 0.5 * before).all(), (before, after)  # every block's matching improves
@@ -135,6 +149,49 @@ def test_stage_1_lowers_block_losses_and_trains_only_retention_branches(setup, t
     for key, value in naive.state_dict().items():
         in_branch = any(part in key for part in ('.norm1.', '.retention.', '.ls1.'))
         assert torch.equal(student.state_dict()[key], value) != in_branch, key
+
+
+def test_projection_calibration_beats_scale_on_unseen_images(setup):
+    teacher, _ = load_teacher(TEACHER, setup[1])
+    images = _batch(setup)
+    fit, held = images[:12], images[12:]
+    errors = {}
+    for mode in ('scale', 'proj'):
+        student, _ = build_student(teacher)
+        matching = BlockMatching(teacher, student)
+        fitted = matching.calibrate([fit[:6], fit[6:]], mode=mode)  # sums over two batches
+        with torch.no_grad():
+            errors[mode] = matching(held)
+        assert fitted.shape == (2,) and torch.isfinite(fitted).all()
+    assert (errors['proj'] < errors['scale']).all(), errors
+    with pytest.raises(DistillError, match='calibration mode'):
+        BlockMatching(teacher, student).calibrate([fit], mode='bogus')
+
+
+def test_stage_1_pool_reuses_teacher_targets(setup, tmp_path):
+    teacher, _ = load_teacher(TEACHER, setup[1])
+    images = _batch(setup)
+    calls = []
+    messages = []
+    cfg = _config(setup, tmp_path, stage2_steps=0, stage1_steps=6, stage1_pool=16,
+                  calibration_images=16, calibrate='scale')
+    original = BlockMatching.teacher_targets
+
+    def counting(self, batch):
+        calls.append(batch.shape[0])
+        return original(self, batch)
+    BlockMatching.teacher_targets = counting
+    try:
+        student = distill(cfg, printer=messages.append)['student']
+    finally:
+        BlockMatching.teacher_targets = original
+    assert calls == [8, 8], calls  # the pool, once; no teacher forward in the 6 steps
+    naive, _ = build_student(teacher)
+    with torch.no_grad():
+        before = BlockMatching(teacher, naive)(images)
+        after = BlockMatching(teacher, student)(images)
+    assert (after < 0.5 * before).all(), (before, after)
+    assert any('scale calibration on 16 images' in m for m in messages), messages
 
 
 def test_resume_continues_where_it_stopped(setup, tmp_path):

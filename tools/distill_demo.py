@@ -145,6 +145,11 @@ def main(argv=None):
     p.add_argument('--taps', default='0 1 2 3 4', help='stage 2 taps ("" for none)')
     p.add_argument('--logit-weight', type=float, default=1.0)
     p.add_argument('--normalize-retention', action='store_true')
+    p.add_argument('--calibrate', default='proj', choices=['proj', 'scale', 'none'])
+    p.add_argument('--calibration-images', type=int, default=256)
+    p.add_argument('--stage1-pool', type=int, default=0,
+                   help='stage 1 reuses the teacher targets of this many images')
+    p.add_argument('--warmup-fraction', type=float, default=0.05)
     p.add_argument('--tag', default='distilled', help='name of this distillation setting')
     p.add_argument('--reuse-teacher', action='store_true',
                    help='load <work-dir>/teacher.pth instead of training it again')
@@ -208,7 +213,9 @@ def main(argv=None):
         augment='flip', mean=MEAN, std=STD, crop_pct=1.0, stage1_steps=args.stage1_steps,
         stage2_steps=args.stage2_steps, lr1=args.lr1, lr2=args.lr2, log_every=10,
         checkpoint_every=10 ** 9, normalize_retention=args.normalize_retention,
-        taps=tuple(int(t) for t in args.taps.split()), logit_weight=args.logit_weight)
+        taps=tuple(int(t) for t in args.taps.split()), logit_weight=args.logit_weight,
+        calibrate=args.calibrate, calibration_images=args.calibration_images,
+        stage1_pool=args.stage1_pool, warmup_fraction=args.warmup_fraction)
     tic = time.perf_counter()
     out = distill(cfg, printer=log)
     wall = time.perf_counter() - tic
@@ -222,13 +229,19 @@ def main(argv=None):
         same = torch.allclose(loaded.forward_features(x_val[:50]),
                               student.forward_features(x_val[:50]), atol=1e-4)
     metrics = agreement(teacher, student, x_val, y_val)
-    metrics.update(stage_seconds=out['seconds'], wall_seconds=wall,
+    metrics.update(stage_seconds=out['seconds'], stage_cpu_seconds=out['cpu_seconds'],
+                   cpu_fraction_of_teacher_time=(sum(out['cpu_seconds'].values())
+                                                 / teacher_seconds),
+                   wall_seconds=wall,
                    steps=out['steps'], batch_size=args.batch_size,
                    fraction_of_teacher_time=sum(out['seconds'].values()) / teacher_seconds,
                    recovered=metrics['student_accuracy'] / metrics['teacher_accuracy'],
                    images_seen=(args.stage1_steps + args.stage2_steps) * args.batch_size,
                    lr1=args.lr1, lr2=args.lr2, normalize_retention=args.normalize_retention,
-                   taps=args.taps, logit_weight=args.logit_weight)
+                   taps=args.taps, logit_weight=args.logit_weight, calibrate=args.calibrate,
+                   calibration_images=args.calibration_images, stage1_pool=args.stage1_pool,
+                   warmup_fraction=args.warmup_fraction, load_average=os.getloadavg(),
+                   threads=torch.get_num_threads())
     # the ViR's own classifier (head copied from the ViT) must give the same accuracy
     metrics['vir_classifier_accuracy'] = accuracy(student, x_val, y_val)
     metrics['timm_load_matches'] = same
@@ -249,6 +262,9 @@ def main(argv=None):
         time_text = (f'{sum(m["stage_seconds"].values()):.0f} s '
                      f'({100 * m["fraction_of_teacher_time"]:.1f}% of teacher)'
                      if 'stage_seconds' in m else '0')
+        if 'stage_cpu_seconds' in m:  # CPU time: what a busy machine does not inflate
+            time_text += (f', CPU {sum(m["stage_cpu_seconds"].values()):.0f} s '
+                          f'({100 * m["cpu_fraction_of_teacher_time"]:.1f}%)')
         print(f'| {name} | {time_text} | {m["token_cosine"]:.3f} | {m["cls_cosine"]:.3f} | '
               f'{m["student_accuracy"]:.3f} | {m["prediction_agreement"]:.3f} |')
     return 0

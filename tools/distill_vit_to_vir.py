@@ -59,12 +59,20 @@ def build_parser():
     g.add_argument('--stage2-epochs', type=float, help='default 1')
     g.add_argument('--stage1-steps', type=int, help='overrides --stage1-epochs')
     g.add_argument('--stage2-steps', type=int, help='overrides --stage2-epochs')
-    g.add_argument('--lr1', type=float, help='stage 1 peak lr (default 1e-3)')
+    g.add_argument('--lr1', type=float, help='stage 1 peak lr (default 5e-4)')
     g.add_argument('--lr2', type=float, help='stage 2 peak lr (default 1e-4)')
     g.add_argument('--weight-decay', type=float)
     g.add_argument('--clip-grad', type=float)
-    g.add_argument('--no-calibrate', dest='calibrate', action='store_false', default=None,
-                   help='skip the least-squares fit of the branch scales before stage 1')
+    g.add_argument('--calibrate', choices=['proj', 'scale', 'none'],
+                   help='closed-form start of stage 1: least-squares fit of each block\'s '
+                   'output projection (proj, default) or LayerScale (scale), or none')
+    g.add_argument('--no-calibrate', dest='calibrate', action='store_const', const='none',
+                   help='same as --calibrate none')
+    g.add_argument('--calibration-images', type=int,
+                   help='images per process the calibration fits on (default 256)')
+    g.add_argument('--stage1-pool', type=int, help='stage 1 reuses the teacher\'s block '
+                   'inputs/targets of this many images per process, computed once (default 0: '
+                   'a teacher forward per step); costs depth x 2 x tokens x width floats each')
     g.add_argument('--taps', type=int, nargs='+', help='stage 2: also match these block '
                    'outputs, e.g. --taps 0 1 2')
     g.add_argument('--cls-weight', type=float, help='stage 2: extra weight of the class '

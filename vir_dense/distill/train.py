@@ -44,13 +44,16 @@ class DistillConfig:
     stage2_epochs: float = 1.0
     stage1_steps: Optional[int] = None       # override the epochs
     stage2_steps: Optional[int] = None
-    lr1: float = 1e-3                        # after the calibration of branch scales
+    lr1: float = 5e-4                        # after the closed-form calibration
     lr2: float = 1e-4
     weight_decay: float = 0.01
     warmup_fraction: float = 0.05
     min_lr_ratio: float = 0.01
     clip_grad: float = 1.0
-    calibrate: bool = True                   # stage 1 starts with least-squares branch scales
+    calibrate: str = 'proj'                  # closed-form start: 'proj', 'scale' or 'none'
+    calibration_images: int = 256            # images (per process) the calibration fits on
+    stage1_pool: int = 0                     # >0: stage 1 reuses the teacher's targets of
+                                             # this many images (computed once) every epoch
     taps: Sequence[int] = ()                 # stage 2: also match these block outputs
     cls_weight: float = 1.0                  # stage 2: extra weight of the class token
     tap_weight: float = 1.0
@@ -159,6 +162,27 @@ class _Logger:
                 f.write(json.dumps(record) + '\n')
 
 
+def _teacher_pool(matching, dataset, cfg, rank, world, device, amp_dtype):
+    """The teacher's block inputs and attention-branch outputs for cfg.stage1_pool images
+    (this process's share; one augmented view each): stage 1 then costs only the student's
+    branches per step. Returns (inputs, targets), each (depth, images, tokens, D)."""
+    stream = step_batches(dataset, cfg.batch_size, 0, cfg.seed + 99, rank, world)
+    inputs, targets = [], []
+    for _ in range(-(-cfg.stage1_pool // cfg.batch_size)):
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=cfg.amp):
+            pair = matching.teacher_targets(next(stream).to(device))
+        inputs.append(pair[0]), targets.append(pair[1])
+    return torch.cat(inputs, 1), torch.cat(targets, 1)
+
+
+def _pool_batch(size: int, batch_size: int, seed: int, step: int) -> torch.Tensor:
+    """Indices into the stage-1 pool for ``step``: a seeded permutation per pass over it."""
+    per_pass = max(1, size // batch_size)
+    epoch, offset = divmod(step, per_pass)
+    order = torch.randperm(size, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
+    return order[offset * batch_size:(offset + 1) * batch_size]
+
+
 def _reduce_mean(value: torch.Tensor, world: int) -> torch.Tensor:
     if world > 1:
         value = value.detach().clone()
@@ -196,7 +220,10 @@ def distill(cfg: DistillConfig, printer: Callable[[str], None] = print) -> Dict:
         f'{cfg.batch_size}: {per_epoch} steps/epoch; stage 1: {plan[1]} steps, '
         f'stage 2: {plan[2]} steps')
 
-    progress = dict(stage=1, step=0, seconds={'1': 0.0, '2': 0.0})
+    # seconds: wall time per stage; cpu_seconds: this process's CPU time (all its threads),
+    # which a busy machine does not inflate
+    progress = dict(stage=1, step=0, seconds={'1': 0.0, '2': 0.0},
+                    cpu_seconds={'1': 0.0, '2': 0.0})
     optimizer_state = None
     if cfg.resume:
         path = os.path.join(cfg.work_dir, LATEST) if cfg.resume == 'auto' else cfg.resume
@@ -220,6 +247,34 @@ def distill(cfg: DistillConfig, printer: Callable[[str], None] = print) -> Dict:
     scaler = torch.amp.GradScaler('cuda', enabled=cfg.amp and amp_dtype == torch.float16
                                   and device.type == 'cuda')
     last = {}
+    calibrate = {True: 'proj', False: 'none'}.get(cfg.calibrate, cfg.calibrate)
+    if calibrate not in ('proj', 'scale', 'none'):
+        raise DistillError(f"calibrate must be 'proj', 'scale' or 'none', got {cfg.calibrate!r}")
+    pool = None
+    if progress['stage'] == 1 and (cfg.stage1_pool > 0 and plan[1] > 0 or calibrate != 'none'):
+        tic, cpu_tic = time.perf_counter(), time.process_time()
+        matching = BlockMatching(teacher, student, cfg.stage1_cls_weight)
+        if cfg.stage1_pool > 0 and plan[1] > 0:
+            pool = _teacher_pool(matching, dataset, cfg, rank, world, device, amp_dtype)
+        if calibrate != 'none' and progress['step'] == 0:
+            count = cfg.calibration_images
+            if pool is not None:  # the pool's first images: no extra teacher forward
+                count = min(count, pool[0].shape[1])
+                chunks = [(pool[0][:, i:i + cfg.batch_size], pool[1][:, i:i + cfg.batch_size])
+                          for i in range(0, count, cfg.batch_size)]
+            else:
+                stream = step_batches(dataset, cfg.batch_size, 0, cfg.seed + 99, rank, world)
+                chunks = (next(stream).to(device) for _ in range(-(-count // cfg.batch_size)))
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=cfg.amp):
+                calibrated = matching.calibrate(chunks, mode=calibrate)
+            log(f'[stage 1] {calibrate} calibration on {count} images: relative MSE per '
+                f'block {calibrated.min():.3f}-{calibrated.max():.3f}')
+        matching.close()
+        seconds = dict(progress['seconds'])
+        seconds['1'] = seconds.get('1', 0.0) + time.perf_counter() - tic  # part of stage 1
+        cpu = dict(progress.get('cpu_seconds', {}))
+        cpu['1'] = cpu.get('1', 0.0) + time.process_time() - cpu_tic
+        progress = dict(progress, seconds=seconds, cpu_seconds=cpu)
     for stage in (1, 2):
         if stage < progress['stage'] or plan[stage] <= 0:
             continue
@@ -241,20 +296,20 @@ def distill(cfg: DistillConfig, printer: Callable[[str], None] = print) -> Dict:
         batches = step_batches(dataset, cfg.batch_size, start, cfg.seed + stage, rank, world,
                                cfg.workers)
         tic, seen = time.perf_counter(), 0
-        clock = tic
-        if stage == 1 and start == 0 and cfg.calibrate:
-            images = next(step_batches(dataset, cfg.batch_size, 0, cfg.seed + 99, rank, world))
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=cfg.amp):
-                calibrated = module.calibrate(images.to(device))
-            log(f'[stage 1] branch scales calibrated: relative MSE per block '
-                f'{calibrated.min():.3f}-{calibrated.max():.3f}')
+        clock, cpu_clock = tic, time.process_time()
         for step in range(start, plan[stage]):
-            images = next(batches).to(device, non_blocking=True)
+            if stage == 1 and pool is not None:  # the teacher's side, computed once
+                index = _pool_batch(pool[0].shape[1], cfg.batch_size, cfg.seed, step)
+                inputs = dict(inputs=pool[0][:, index], targets=pool[1][:, index])
+                count = len(index)
+            else:
+                images = next(batches).to(device, non_blocking=True)
+                inputs, count = dict(images=images), images.shape[0]
             lr = _lr(step, plan[stage], base_lr, cfg.warmup_fraction, cfg.min_lr_ratio)
             for group in optimizer.param_groups:
                 group['lr'] = lr
             with torch.autocast(device.type, dtype=amp_dtype, enabled=cfg.amp):
-                out = wrapped(images)
+                out = wrapped(**inputs)
             losses = {'blocks': out} if stage == 1 else out
             loss = sum(v.sum() for v in losses.values())
             optimizer.zero_grad(set_to_none=True)
@@ -264,7 +319,7 @@ def distill(cfg: DistillConfig, printer: Callable[[str], None] = print) -> Dict:
                 torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
             scaler.step(optimizer)
             scaler.update()
-            seen += images.shape[0] * world
+            seen += count * world
             done = step + 1
             if done % cfg.log_every == 0 or done == plan[stage] or done == start + 1:
                 elapsed = time.perf_counter() - tic
@@ -288,16 +343,19 @@ def distill(cfg: DistillConfig, printer: Callable[[str], None] = print) -> Dict:
                 now = time.perf_counter()
                 seconds = dict(progress['seconds'])
                 seconds[str(stage)] = seconds.get(str(stage), 0.0) + (now - clock)
+                cpu = dict(progress.get('cpu_seconds', {}))
+                cpu[str(stage)] = cpu.get(str(stage), 0.0) + time.process_time() - cpu_clock
                 at_end = done == plan[stage]
                 progress = dict(stage=stage + 1 if at_end else stage,
-                                step=0 if at_end else done, seconds=seconds)
+                                step=0 if at_end else done, seconds=seconds, cpu_seconds=cpu)
                 if rank == 0:
                     atomic_torch_save(dict(student=student.state_dict(),
                                            optimizer=optimizer.state_dict(),
                                            progress=progress,
                                            config=_jsonable(dataclasses.asdict(cfg))),
                                       os.path.join(cfg.work_dir, LATEST))
-                clock = time.perf_counter()  # saving is not counted as training time
+                # saving is not counted as training time
+                clock, cpu_clock = time.perf_counter(), time.process_time()
         module.close()
         if world > 1:
             dist.barrier()
@@ -310,12 +368,14 @@ def distill(cfg: DistillConfig, printer: Callable[[str], None] = print) -> Dict:
                 normalize_retention=cfg.normalize_retention,
                 decay_exponents=list(cfg.decay_exponents), stage1_steps=plan[1],
                 stage2_steps=plan[2], batch_size=cfg.batch_size * world,
-                seconds=progress['seconds'], **preprocess)
+                seconds=progress['seconds'], cpu_seconds=progress.get('cpu_seconds'),
+                **preprocess)
     if rank == 0:
         save_vir_checkpoint(student, output, meta)
         log(f'wrote the distilled ViR to {output} (stage 1 {progress["seconds"]["1"]:.0f} s, '
             f'stage 2 {progress["seconds"]["2"]:.0f} s)')
-    return dict(output=output, steps=plan, seconds=progress['seconds'], last=last, meta=meta,
+    return dict(output=output, steps=plan, seconds=progress['seconds'],
+                cpu_seconds=progress.get('cpu_seconds'), last=last, meta=meta,
                 report=str(report), student=student, teacher=teacher)
 
 
