@@ -17,15 +17,21 @@ PINS="$ROOT/requirements/pins.txt"
 BUILD_REQS="$ROOT/requirements/build.txt"
 CACHE_ROOT="${VIR_DENSE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/vir_dense}"
 STAMP="$VENV/.vir_dense_setup"
+# Optional extras installed too (pins tagged `# extra: NAME` in pins.txt), so the tests cover
+# them: deploy = onnx, onnxscript, onnxruntime (ONNX export). VIR_DENSE_EXTRAS="" skips them.
+EXTRAS="${VIR_DENSE_EXTRAS-deploy}"
 
 pin_of() { sed -n "s/^$1==\([^ ]*\).*/\1/p" "$PINS"; }
+# The requirements of one extra: its tagged pin lines, tag removed.
+extra_pins() { sed -n "s/^\([^#]*[^# ]\) *# *extra: *$1 *$/\1/p" "$PINS"; }
 TORCH_VERSION="$(pin_of torch)"
 MMCV_VERSION="$(pin_of mmcv)"
 
 # The stamp records what the venv was built from; if it matches and the venv still imports,
 # there is nothing to do (this is the fast second `make setup`).
 want_stamp() {
-    cat "$PINS" "$BUILD_REQS" "$ROOT/setup.py" "$ROOT/tools/setup_env.sh" | sha256sum | cut -d' ' -f1
+    { cat "$PINS" "$BUILD_REQS" "$ROOT/setup.py" "$ROOT/tools/setup_env.sh"; echo "extras: $EXTRAS"; } |
+        sha256sum | cut -d' ' -f1
 }
 
 verify() {
@@ -43,6 +49,12 @@ print(f'vir_dense env ok: torch {torch.__version__}, torchvision {torchvision.__
       f'mmcv {mmcv.__version__} (+_ext), mmdet {mmdet.__version__}, mmseg {mmseg.__version__}, '
       f'timm {timm.__version__}')
 PY
+    local extra
+    for extra in $EXTRAS; do  # each extra's packages import (distribution name = module name)
+        "$VENV/bin/python" -c 'import importlib, sys; [importlib.import_module(n) for n in sys.argv[2:]]
+print("extra", sys.argv[1], "ok:", ", ".join(sys.argv[2:]))' \
+            "$extra" $(extra_pins "$extra" | sed 's/[=<>!~;[ ].*//') || return 1
+    done
 }
 
 main() {
@@ -88,7 +100,10 @@ fi
 pip_clean install -q --no-deps "$WHEEL_DIR"/mmcv-*.whl
 
 # Everything else, under the same pins; then this package, editable, without touching deps.
-grep -vE '^(#|$|torch==|torchvision==|mmcv==)' "$PINS" > "$VENV/.rest-requirements.txt"
+grep -vE '^(#|$|torch==|torchvision==|mmcv==)|# *extra:' "$PINS" > "$VENV/.rest-requirements.txt"
+for extra in $EXTRAS; do
+    extra_pins "$extra" >> "$VENV/.rest-requirements.txt"
+done
 pip_clean install -q -c "$PINS" -r "$VENV/.rest-requirements.txt" "mmcv==$MMCV_VERSION" \
     "torch==$TORCH_VERSION"
 pip_clean install -q --no-deps --no-build-isolation -e "$ROOT"
