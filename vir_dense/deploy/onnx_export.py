@@ -43,7 +43,8 @@ def export_onnx(module, example, path, opset=None, optimize=True):
     with torch.no_grad():
         outputs, _ = tree_flatten(module(example))
     names = [f'output_{i}' for i in range(len(outputs))] if len(outputs) > 1 else ['output']
-    kwargs = dict(dynamo=True, optimize=optimize, verbose=False, input_names=['image'], output_names=names)
+    kwargs = dict(dynamo=True, optimize=optimize, verbose=False, input_names=['image'],
+                  output_names=names)
     if opset is not None:
         kwargs['opset_version'] = opset
     try:

@@ -25,7 +25,6 @@ import os.path as osp
 from dataclasses import dataclass
 from typing import Tuple
 
-import torch
 import torch.nn as nn
 
 from .errors import DeployError
