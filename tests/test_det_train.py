@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from inprocess import forget_visualizers
+from launch import run_dist_script
 from vir_dense.compat import allow_mmengine_checkpoint_types
 from vir_dense.datasets import make_coco_dataset
 
@@ -158,19 +159,12 @@ def test_test_tool_reproduces_val_metrics(trained):
 def test_dist_test_two_processes_gives_the_same_metrics(trained):
     """tools/dist_test.sh, 2 processes (torchrun, gloo): the 4 val images split over the ranks
     and gathered give the single-process metrics (val after epoch 2 == tools/test.py)."""
-    import socket
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        port = sock.getsockname()[1]
     dist_dir = trained['base'] / 'dist_test'
-    env = dict(os.environ, PYTHON=sys.executable, PORT=str(port), OMP_NUM_THREADS='1')
-    proc = subprocess.run(
-        ['bash', str(ROOT / 'tools' / 'dist_test.sh'), CONFIG,
-         str(trained['work_dir'] / 'epoch_2.pth'), '2', '--work-dir', str(dist_dir),
-         '--cfg-options', *tiny_options(trained['data_root'])],
-        cwd=trained['base'], env=env, capture_output=True, text=True, timeout=600)
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, log[-6000:]
+    returncode, log = run_dist_script(
+        ROOT / 'tools' / 'dist_test.sh',
+        [CONFIG, trained['work_dir'] / 'epoch_2.pth', '2', '--work-dir', dist_dir,
+         '--cfg-options', *tiny_options(trained['data_root'])], cwd=trained['base'])
+    assert returncode == 0, log[-6000:]
     assert 'Distributed launcher: pytorch' in log and 'Distributed training: True' in log
     val = scalar_records(trained['work_dir'], 'coco/bbox_mAP')[-1]
     test = scalar_records(dist_dir, 'coco/bbox_mAP')[-1]

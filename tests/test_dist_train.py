@@ -1,14 +1,9 @@
 """tools/dist_train.sh: 2 processes (torchrun, gloo on CPU) train a tiny detector a few steps."""
-import os
-import shutil
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
-import pytest
 import torch
 
+from launch import run_dist_script
 from vir_dense.compat import allow_mmengine_checkpoint_types
 from vir_dense.datasets import make_coco_dataset
 
@@ -16,28 +11,20 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / 'configs' / 'maskrcnn_vir_t_synthetic.py')
 
 
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
-
-
-@pytest.mark.skipif(shutil.which('bash') is None, reason='needs bash')
 def test_dist_train_two_processes(tmp_path):
     data_root = make_coco_dataset(tmp_path / 'coco', num_train=8, num_val=4, image_size=64)
     work_dir = tmp_path / 'run'
-    env = dict(os.environ, PYTHON=sys.executable, PORT=str(free_port()), OMP_NUM_THREADS='1')
-    proc = subprocess.run(
-        ['bash', str(ROOT / 'tools' / 'dist_train.sh'), CONFIG, '2', '--work-dir', str(work_dir),
+    returncode, log = run_dist_script(
+        ROOT / 'tools' / 'dist_train.sh',
+        [CONFIG, '2', '--work-dir', str(work_dir),
          '--cfg-options', f'data_root={data_root}/', 'model.backbone.arch.num_layers=1',
          'model.backbone.out_indices=(0,)', 'optim_wrapper.paramwise_cfg.num_layers=1',
          'train_dataloader.dataset.pipeline.2.scale=(64,64)',
          'val_dataloader.dataset.pipeline.1.scale=(64,64)', 'train_dataloader.batch_size=2',
          'val_dataloader.batch_size=1', 'train_cfg.max_epochs=1', 'train_cfg.val_interval=1',
          'default_hooks.checkpoint.interval=1', 'default_hooks.logger.interval=1'],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, log[-6000:]
+        cwd=tmp_path)
+    assert returncode == 0, log[-6000:]
     assert 'Distributed launcher: pytorch' in log and 'Distributed training: True' in log
     assert "'backend': 'gloo'" in log or 'gloo' in (work_dir / 'maskrcnn_vir_t_synthetic.py'
                                                    ).read_text()

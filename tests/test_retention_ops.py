@@ -154,15 +154,19 @@ def test_causal_masks_are_causal(mask, mode):
 @pytest.mark.parametrize('mode', ['parallel', 'chunkwise'])
 @pytest.mark.parametrize('mask', ['causal_1d', 'bidirectional_2d'])
 def test_bf16_autocast_at_4096_tokens(mode, mask):
+    """bf16 q, k, v (what a bf16 model feeds the operator) at 4096 tokens, large activations:
+    the float64 result of those inputs rounded once to bf16 (sums over thousands of tokens in
+    bf16 would lose the small terms)."""
     grid = (64, 64)
-    q, k, v = _qkv(grid[0] * grid[1], torch.float32, heads=2, dim=16, batch=1)
-    q, k, v = q * 3, k * 3, v * 3  # large activations
+    q, k, v = (t.mul(3).bfloat16() for t in _qkv(grid[0] * grid[1], torch.float32, heads=2,
+                                                 dim=16, batch=1))
     with torch.autocast('cpu', dtype=torch.bfloat16):
         out = retention(q, k, v, mask=mask, mode=mode, grid=grid, chunk_size=512)
-    assert torch.isfinite(out).all()
-    reference = retention(q, k, v, mask=mask, mode='chunkwise', grid=grid, chunk_size=512)
-    relative = (out.float() - reference).norm() / reference.norm()
-    assert relative < 0.05, relative.item()
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+    reference = retention(q.double(), k.double(), v.double(), mask=mask, mode='chunkwise',
+                          grid=grid, chunk_size=512)
+    differ = (out != reference.bfloat16()).double().mean().item()
+    assert differ <= 0.01, f'{differ:.1%} of the outputs differ from the reference rounded once'
 
 
 def test_bad_arguments_are_named():

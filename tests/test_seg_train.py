@@ -66,19 +66,8 @@ TRAIN_CONFIG = """
 _base_ = [{base!r}]
 data_root = {root!r}
 crop_size = (64, 64)
-train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', reduce_zero_label=True),
-    dict(type='RandomResize', scale=(96, 96), ratio_range=(0.75, 1.25), keep_ratio=True),
-    dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='PackSegInputs'),
-]
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', reduce_zero_label=True),
-    dict(type='PackSegInputs'),
-]
+train_pipeline = {train_pipeline!r}
+test_pipeline = {test_pipeline!r}
 # 4 blocks instead of 12 (the run checks the pipeline, not the depth)
 model = dict(data_preprocessor=dict(size=crop_size),
              backbone=dict(img_size=64, arch=dict(_delete_=True, embed_dims=192, num_layers=4,
@@ -100,6 +89,24 @@ default_hooks = dict(logger=dict(interval=1),
                      checkpoint=dict(interval=2, save_best=None, max_keep_ckpts=-1),
                      visualization=dict(type='SegVisualizationHook', draw=False))
 """
+
+
+def _tiny_pipelines():
+    """The synthetic config's own pipelines (its label handling: reduce_zero_label), at the
+    scale of the 80x96 test images: resize to 96 instead of 256, crop 64 instead of 128."""
+    base = Config.fromfile(str(CONFIGS / 'upernet_vir_t_synthetic.py'))
+    pipelines = []
+    for split in ('train', 'val'):
+        pipeline = [dict(step) for step in base[f'{split}_dataloader'].dataset.pipeline]
+        for step in pipeline:
+            if step['type'] in ('RandomResize', 'Resize'):
+                step['scale'] = (96, 96)
+            if step['type'] == 'RandomCrop':
+                step['crop_size'] = (64, 64)
+        pipelines.append(pipeline)
+    assert [s['type'] for s in pipelines[1]] == ['LoadImageFromFile', 'Resize', 'LoadAnnotations',
+                                                 'PackSegInputs']
+    return pipelines
 
 
 def _train_in_process(config, work_dir, *extra):
@@ -155,8 +162,10 @@ def test_train_validate_and_resume_exactly_on_synthetic_ade(tmp_path):
     root = make_ade20k_dataset(tmp_path / 'synthetic_ade', num_train=6, num_val=3,
                                image_size=(80, 96), seed=3)
     config = tmp_path / 'upernet_vir_t_synthetic_tiny.py'
+    train_pipeline, test_pipeline = _tiny_pipelines()
     config.write_text(TRAIN_CONFIG.format(base=str(CONFIGS / 'upernet_vir_t_synthetic.py'),
-                                          root=str(root)))
+                                          root=str(root), train_pipeline=train_pipeline,
+                                          test_pipeline=test_pipeline))
     work_dir = tmp_path / 'work'
     _train_in_process(config, work_dir)
     assert (work_dir / 'iter_2.pth').is_file() and (work_dir / 'iter_4.pth').is_file()

@@ -100,7 +100,7 @@ def test_dynamic_img_size_interpolates_pos_embed():
         for size in [(224, 224), (160, 288), (96, 64)]:
             assert model(torch.randn(1, 3, *size)).shape == (1, 5)
     strict = timm.create_model('vir_tiny_patch16_224', depth=2)
-    with pytest.raises(AssertionError):
+    with pytest.raises(AssertionError, match=r"Input height \(160\) doesn't match model \(224\)"):
         strict(torch.randn(1, 3, 160, 160))
 
 
