@@ -165,7 +165,8 @@ def test_dist_test_two_processes_gives_the_same_metrics(trained):
         [CONFIG, trained['work_dir'] / 'epoch_2.pth', '2', '--work-dir', dist_dir,
          '--cfg-options', *tiny_options(trained['data_root'])], cwd=trained['base'])
     assert returncode == 0, log[-6000:]
-    assert 'Distributed launcher: pytorch' in log and 'Distributed training: True' in log
+    run_log = '\n'.join(p.read_text() for p in Path(dist_dir).glob('*/*.log'))
+    assert 'Distributed launcher: pytorch' in run_log and 'Distributed training: True' in run_log
     val = scalar_records(trained['work_dir'], 'coco/bbox_mAP')[-1]
     test = scalar_records(dist_dir, 'coco/bbox_mAP')[-1]
     keys = [k for k in val if k.startswith('coco/')]
