@@ -128,7 +128,7 @@ class Recorder(Hook):
         self.start = {k: v.detach().clone() for k, v in runner.model.state_dict().items()}
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
-        self.losses.append({k: float(v) for k, v in outputs.items()})
+        self.losses.append({k: float(v.detach()) for k, v in outputs.items()})
 
 
 def tiny_run_cfg(name, data_root, work_dir):
