@@ -14,9 +14,6 @@ class UsageError(ViRDenseError):
     """A tool called with arguments that do not go together."""
 
 
-# The name the tools used before the library got its own errors; kept for helpers' scripts.
-UserError = UsageError
-
 
 def run_cli(main, argv=None):
     """Run ``main(argv)``; a ViRDenseError ends the program with its message (exit 2)."""
