@@ -2,7 +2,6 @@
 it: a checkpoint that does not fit the model stops tools/test.py, tools/train.py (load_from and
 --resume) and the inference APIs with which tensors differ and the likely cause; --allow-partial
 / allow_partial=True is the explicit opt-in that loads what fits."""
-import importlib.util
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -10,9 +9,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from vir_dense.cli import run_cli
 from vir_dense.errors import CheckpointError, CheckpointMismatchError
 from vir_dense.mm.model_checkpoint import check_model_checkpoint, load_model_checkpoint
+from inprocess import run_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 DET_CONFIG = str(ROOT / 'configs' / 'maskrcnn_vir_t_synthetic.py')
@@ -109,20 +108,6 @@ def test_unreadable_files_are_checkpoint_errors(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # The tools
 # ---------------------------------------------------------------------------------------------
-def run_tool(name, args, capsys):
-    spec = importlib.util.spec_from_file_location(f'_vir_tool_{name}',
-                                                  ROOT / 'tools' / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    code = 0
-    try:
-        run_cli(module.main, args)
-    except SystemExit as exit_info:
-        code = exit_info.code
-    captured = capsys.readouterr()
-    return SimpleNamespace(returncode=code, stdout=captured.out, stderr=captured.err)
-
-
 def options_dict(options):
     """--cfg-options KEY=VALUE ... as the tools parse them."""
     import argparse

@@ -1,8 +1,6 @@
 """tools/infer_det.py and vir_dense.apis.det on a randomly initialised tiny detector."""
-import importlib.util
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -10,7 +8,7 @@ import torch
 from PIL import Image
 
 from vir_dense.datasets import SYNTHETIC_CLASSES, render_scene
-from vir_dense.cli import run_cli
+from inprocess import run_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / 'configs' / 'maskrcnn_vir_t_synthetic.py')
@@ -50,17 +48,7 @@ def images(tmp_path_factory):
 
 
 def run_infer(args, capsys):
-    """tools/infer_det.py in this process (as `python tools/infer_det.py ARGS` would run it)."""
-    spec = importlib.util.spec_from_file_location('_vir_infer_det', ROOT / 'tools' / 'infer_det.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    code = 0
-    try:
-        run_cli(module.main, args)
-    except SystemExit as exit_info:
-        code = exit_info.code
-    captured = capsys.readouterr()
-    return SimpleNamespace(returncode=code, stdout=captured.out, stderr=captured.err)
+    return run_tool('infer_det', args, capsys)
 
 
 def test_infer_det_writes_pngs_and_json_and_skips_corrupt(checkpoint, images, tmp_path, capsys):

@@ -2,10 +2,8 @@
 a missing config, a truncated checkpoint, a truncated JPEG, a 16-bit PNG, a CMYK JPEG and an
 EXIF-rotated photo (read as the test pipeline reads it: orientation applied, 16 bits scaled to
 8). The tools run in this process (as `python tools/X.py ARGS` would run them)."""
-import importlib.util
 import io
 from pathlib import Path
-from types import SimpleNamespace
 
 import mmcv
 import numpy as np
@@ -13,30 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
-from vir_dense.cli import run_cli
 from vir_dense.errors import CheckpointError
 from vir_dense.preflight import check_checkpoint
 from vir_dense.apis import read_rgb
+from inprocess import run_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 DET_CONFIG = str(ROOT / 'configs' / 'maskrcnn_vir_t_synthetic.py')
-
-
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(f'_vir_tool_{name}', ROOT / 'tools' / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def run_tool(name, args, capsys):
-    code = 0
-    try:
-        run_cli(load_tool(name).main, args)
-    except SystemExit as exit_info:
-        code = exit_info.code
-    captured = capsys.readouterr()
-    return SimpleNamespace(returncode=code, stdout=captured.out, stderr=captured.err)
 
 
 @pytest.fixture(scope='module')
