@@ -1,7 +1,7 @@
 """OpenMMLab side. Importing this is the one registration point of the project's modules:
 the ViR backbone and SimpleFeaturePyramid neck (mmdet's and mmseg's MODELS), the layer-decay
-optimizer constructor, CPUAmpOptimWrapper (mmengine's OPTIM_WRAPPERS) and ExactResumeHook
-(mmengine's HOOKS)."""
+optimizer constructor, CPUAmpOptimWrapper (mmengine's OPTIM_WRAPPERS), ExactResumeHook and
+RankZeroLoggerHook (mmengine's HOOKS)."""
 from mmdet.registry import MODELS as MMDET_MODELS
 from mmseg.registry import MODELS as MMSEG_MODELS
 
@@ -10,6 +10,7 @@ from vir_dense import compat  # noqa: F401  (mmengine checkpoints under torch's 
 from .amp import CPUAmpOptimWrapper
 from .backbone import ViR
 from .layer_decay import ViRLayerDecayOptimizerConstructor
+from .logger_hook import RankZeroLoggerHook
 from .neck import SimpleFeaturePyramid
 from .resume import ExactResumeHook
 
@@ -18,5 +19,5 @@ for _registry in (MMDET_MODELS, MMSEG_MODELS):
         # force: re-importing (e.g. importlib.reload in a notebook) must not fail.
         _registry.register_module(module=_module, force=True)
 
-__all__ = ['CPUAmpOptimWrapper', 'ExactResumeHook', 'SimpleFeaturePyramid', 'ViR',
-           'ViRLayerDecayOptimizerConstructor']
+__all__ = ['CPUAmpOptimWrapper', 'ExactResumeHook', 'RankZeroLoggerHook', 'SimpleFeaturePyramid',
+           'ViR', 'ViRLayerDecayOptimizerConstructor']

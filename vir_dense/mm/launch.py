@@ -54,8 +54,13 @@ def _console_quiet(logger):
 
 def build_runner(cfg, verbose=False):
     """The config's runner (``runner_type``), else mmengine's Runner; unless ``verbose``, one
-    that keeps the environment dump out of the console (it is still in the log file)."""
+    that keeps the environment dump out of the console (it is still in the log file). The
+    plain LoggerHook becomes RankZeroLoggerHook (distributed test runs wrote one json from
+    every rank)."""
     from mmengine.registry import RUNNERS
+
+    from .logger_hook import use_rank_zero_logger
+    use_rank_zero_logger(cfg)
     if 'runner_type' in cfg:
         return RUNNERS.build(cfg)
     return (Runner if verbose else FileLoggedEnvRunner).from_cfg(cfg)
