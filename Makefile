@@ -8,7 +8,7 @@ setup:
 	bash tools/setup_env.sh
 
 test: setup
-	$(PYTHON) -m pytest -q -p no:cacheprovider tests
+	$(PYTHON) -m pytest -q -p no:cacheprovider -n auto --dist loadfile tests
 
 demo: setup
 	$(PYTHON) tools/demo.py

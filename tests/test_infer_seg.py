@@ -75,7 +75,7 @@ def image_folder(tmp_path_factory):
 def test_cli_writes_three_outputs_per_image_and_skips_broken(checkpoint, image_folder,
                                                               tmp_path):
     out_dir = tmp_path / 'out'
-    env = dict(os.environ, OMP_NUM_THREADS='2', PYTHONWARNINGS='ignore')
+    env = dict(os.environ, PYTHONWARNINGS='ignore')  # OMP_NUM_THREADS: the worker's share
     proc = subprocess.run(
         [sys.executable, str(REPO / 'tools' / 'infer_seg.py'), CONFIG, str(checkpoint),
          str(image_folder), '--out-dir', str(out_dir), '--retention-mode', 'chunkwise',

@@ -61,10 +61,13 @@ def _autocast_error(size, dtype, mode):
 def test_bf16_model_error_does_not_grow_with_the_image():
     """Paper (unnormalized) retention, LayerScale 1.0, 4 blocks: the bf16 error of the
     features levels off once the image is larger than the decay's reach (measured 0.42% at
-    256², 0.81% at 512², 1.05% at 768², 1.19% at 1536²). With bf16 scores and states inside
-    the operator it grew on (ViR-S: 3.4% at 512², 19% at 1024²)."""
+    256², 0.81% at 512², 1.05% at 768², 1.12% at 1024², 1.19% at 1536²). With bf16 scores and
+    states inside the operator it grew on (ViR-S: 3.4% at 512², 19% at 1024²). In this small
+    model that bug moves the error little (0.88% / 1.26% at 512² / 1024²): the test that
+    catches it is test_low_precision_inputs_are_summed_in_float32; this one checks the
+    autocast path through a whole model. 1024², not 1536²: a third of the time."""
     mid = _autocast_error(512, torch.bfloat16, 'chunkwise')
-    large = _autocast_error(1536, torch.bfloat16, 'chunkwise')
+    large = _autocast_error(1024, torch.bfloat16, 'chunkwise')
     assert large < 1.6 * mid and large < 0.02, (mid, large)
 
 
