@@ -194,6 +194,38 @@ def test_stage_1_pool_reuses_teacher_targets(setup, tmp_path):
     assert any('scale calibration on 16 images' in m for m in messages), messages
 
 
+def test_feature_matching_takes_precomputed_teacher_targets(setup):
+    """forward(images, targets=teacher_targets(images)) is forward(images): same losses and
+    gradients, and the teacher is not run again."""
+    teacher, _ = load_teacher(TEACHER, setup[1])
+    student, _ = build_student(teacher)
+    images = _batch(setup)[:4]
+    features = FeatureMatching(teacher, student, taps=(0, 1), logit_weight=1.0)
+    final, taps = features.teacher_targets(images)
+    assert final.shape == (4, 17, 192) and taps.shape == (2, 4, 17, 192)
+    assert torch.equal(final, to_student_order(teacher.forward_features(images)))
+    direct = features(images)
+    grads = torch.autograd.grad(sum(direct.values()), student.blocks[0].retention.proj.weight)
+    calls = []
+    handle = teacher.blocks[0].register_forward_hook(lambda *args: calls.append(1))
+    try:
+        pooled = features(images, targets=(final, taps))
+    finally:
+        handle.remove()
+    assert not calls
+    assert set(pooled) == set(direct) == {'final', 'cls', 'tap0', 'tap1', 'logits'}
+    for key in direct:
+        assert torch.allclose(pooled[key], direct[key]), key
+    grads_pooled = torch.autograd.grad(sum(pooled.values()),
+                                       student.blocks[0].retention.proj.weight)
+    assert torch.allclose(grads[0], grads_pooled[0])
+    features.close()
+    no_taps = FeatureMatching(teacher, student)
+    final2, taps2 = no_taps.teacher_targets(images)
+    assert torch.equal(final2, final) and taps2.shape[0] == 0
+    assert set(no_taps(images, targets=(final2, taps2))) == {'final', 'cls'}
+
+
 def test_resume_continues_where_it_stopped(setup, tmp_path):
     full = distill(_config(setup, tmp_path / 'full'), printer=lambda _: None)
 

@@ -359,7 +359,11 @@ class FeatureMatching(nn.Module):
     """Stage 2: the student's final (normed) tokens vs the teacher's, plus the class token on
     its own (weight ``cls_weight``), block outputs at ``taps`` (weight ``tap_weight``) and,
     optionally, the teacher head's predictions (KL, weight ``logit_weight``).
-    forward(images) returns {'final': ..., 'cls': ..., 'tap<i>': ...} losses."""
+    forward(images) returns {'final': ..., 'cls': ..., 'tap<i>': ...} losses.
+
+    As in :class:`BlockMatching`, the teacher's side is also separate, so that a run can
+    compute it once and reuse it: :meth:`teacher_targets` (images -> final tokens and tap
+    outputs) and ``forward(images, targets=...)``."""
 
     def __init__(self, teacher, student, taps: Sequence[int] = (), cls_weight: float = 1.0,
                  tap_weight: float = 1.0, logit_weight: float = 0.0):
@@ -373,11 +377,20 @@ class FeatureMatching(nn.Module):
         self.logit_weight = logit_weight
         self.taps = _TeacherTaps(teacher)
 
-    def forward(self, images):
+    @torch.no_grad()
+    def teacher_targets(self, images):
+        """The teacher's final (normed) tokens, (B, N + 1, D), and its block outputs at the
+        taps, (len(taps), B, N + 1, D), in the student's token order."""
         self.teacher.eval()
-        with torch.no_grad():
-            self.taps.clear()
-            target = to_student_order(self.teacher.forward_features(images))
+        self.taps.clear()
+        final = to_student_order(self.teacher.forward_features(images))
+        taps = [to_student_order(self.taps.outputs[i]) for i in self.tap_indices]
+        self.taps.clear()
+        return final, (torch.stack(taps) if taps else final.new_zeros((0, *final.shape)))
+
+    def forward(self, images, targets=None):
+        """Losses on ``images``; ``targets``: their :meth:`teacher_targets`, if precomputed."""
+        target, tap_targets = self.teacher_targets(images) if targets is None else targets
         x, grid = self.student.embed(images)
         x, taps = run_blocks(self.student.blocks, x, self.student.context(grid),
                              out_indices=self.tap_indices,
@@ -386,15 +399,13 @@ class FeatureMatching(nn.Module):
         losses = {'final': relative_mse(x, target)}
         if self.cls_weight:
             losses['cls'] = self.cls_weight * relative_mse(x[:, -1], target[:, -1])
-        for i in self.tap_indices:
-            losses[f'tap{i}'] = self.tap_weight * relative_mse(
-                taps[i], to_student_order(self.taps.outputs[i]))
+        for k, i in enumerate(self.tap_indices):
+            losses[f'tap{i}'] = self.tap_weight * relative_mse(taps[i], tap_targets[k])
         if self.logit_weight:  # KL between the teacher head's outputs on both token sets
             t_logp = F.log_softmax(self.teacher.forward_head(to_teacher_order(target)).float(), -1)
             s_logp = F.log_softmax(self.teacher.forward_head(to_teacher_order(x)).float(), -1)
             losses['logits'] = self.logit_weight * F.kl_div(s_logp, t_logp, log_target=True,
                                                             reduction='batchmean')
-        self.taps.clear()
         return losses
 
     def close(self):
