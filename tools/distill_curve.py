@@ -15,7 +15,7 @@ not counted. The last line (RESULT ...) is the whole curve as JSON.
 
 --pool2 makes stage 2 draw its batches from the stage-1 pool as well (FeatureMatching with
 precomputed teacher targets: no teacher forward per stage-2 step). The recipe that met the
-target in two of three seeds (docs/distillation.md):
+target in three of five seeds (docs/distillation.md):
 
     OMP_NUM_THREADS=1 python tools/distill_curve.py --pool 512 --calib-n 512 --s1 40 \\
         --lr1 5e-4 --pool2 --s2 245 --lr2 2e-4 --bs 8 --eval-every 35 --neval 250 --seed 2
