@@ -248,6 +248,60 @@ def test_resume_continues_where_it_stopped(setup, tmp_path):
         assert torch.allclose(resumed['student'].state_dict()[key], value, atol=1e-6), key
 
 
+def test_stage_2_from_pool_runs_no_teacher_and_resumes(setup, tmp_path, monkeypatch):
+    """stage2_from_pool: stage 2 draws images and derived teacher targets from the stage-1
+    pool (no teacher block runs per step); a run resumed in stage 2 rebuilds the same pool
+    (flips included) and ends where the uninterrupted run does."""
+    from vir_dense.distill import train
+    teacher, _ = load_teacher(TEACHER, setup[1])
+    student, _ = build_student(teacher)
+    images = _batch(setup)[:8]
+    matching = BlockMatching(teacher, student)
+    features = FeatureMatching(teacher, student, taps=(0, 1))
+    derived = features.targets_from_block_inputs(matching.teacher_targets(images)[0])
+    direct = features.teacher_targets(images)
+    for a, b in zip(derived, direct):  # the same targets as a teacher forward
+        assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5)
+    matching.close(), features.close()
+
+    with pytest.raises(DistillError, match='stage1_pool > 0'):
+        distill(_config(setup, tmp_path / 'bad', stage2_from_pool=True), printer=None)
+
+    calls = []
+
+    class Counting(FeatureMatching):  # counts the teacher's first block during stage 2
+        def __init__(self, teacher, *args):
+            super().__init__(teacher, *args)
+            teacher.blocks[0].register_forward_hook(lambda *_: calls.append(1))
+    monkeypatch.setattr(train, 'FeatureMatching', Counting)
+    kwargs = dict(stage1_pool=16, calibration_images=16, stage2_from_pool=True,
+                  stage2_steps=6, augment='flip', taps=(0,), logit_weight=1.0)
+    full = distill(_config(setup, tmp_path / 'full', **kwargs), printer=lambda _: None)
+    assert not calls
+    losses = [json.loads(line)['loss'] for line in open(tmp_path / 'full' / 'log.jsonl')
+              if json.loads(line)['stage'] == 2]
+    assert len(losses) == 6 and losses[-1] < losses[0], losses
+    distill(_config(setup, tmp_path / 'teacher', **dict(kwargs, stage2_from_pool=False)),
+            printer=lambda _: None)
+    assert len(calls) == 6  # the hook counts: without the pool, one teacher forward a step
+
+    class Stop(Exception):
+        pass
+
+    def stop_in_stage_2(message):
+        if message.startswith('[stage 2] 3/6'):
+            raise Stop  # after the checkpoint at stage 2 step 2
+    with pytest.raises(Stop):
+        distill(_config(setup, tmp_path / 'cut', **kwargs), printer=stop_in_stage_2)
+    messages = []
+    resumed = distill(_config(setup, tmp_path / 'cut', resume='auto', **kwargs),
+                      printer=messages.append)
+    assert any('stage 2, step 2' in m for m in messages)
+    assert any('from the pool of 16 images' in m for m in messages)
+    for key, value in full['student'].state_dict().items():
+        assert torch.allclose(resumed['student'].state_dict()[key], value, atol=1e-6), key
+
+
 def test_bad_teachers_stop_with_a_clear_message(setup, tmp_path, capsys):
     _, teacher_path, data = setup
     with pytest.raises(DistillError, match='teacher checkpoint not found'):

@@ -74,8 +74,7 @@ def main(argv=None):
     import vir_dense  # noqa: F401
     from vir_dense.distill import (BlockMatching, FeatureMatching, build_student,
                                    feature_agreement, load_teacher)
-    from vir_dense.distill.models import (to_student_order, to_teacher_order,
-                                          trainable_stage_parameters)
+    from vir_dense.distill.models import trainable_stage_parameters
 
     arrays = np.load(os.path.join(a.work_dir, 'data_6000_1000.npz'))
     to_tensor = lambda im: (torch.from_numpy(im).permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.5  # noqa: E731
@@ -148,16 +147,8 @@ def main(argv=None):
         params = trainable_stage_parameters(student, 2)
         features = FeatureMatching(teacher, student, tuple(int(v) for v in a.taps.split()),
                                    a.cls, 1.0, a.logit)
-        if a.pool2:
-            # block i's output is block i + 1's input (in the pool); the last block's output
-            # (one teacher block on the pool's last inputs) gives the final normed tokens
-            with torch.no_grad():
-                teacher.eval()
-                last = torch.cat([to_student_order(teacher.blocks[-1](to_teacher_order(chunk)))
-                                  for chunk in pool[0][-1].split(64)])
-                outputs = torch.cat([pool[0][1:], last[None]])
-                pool2 = (to_student_order(teacher.norm(to_teacher_order(last))),
-                         outputs[list(features.tap_indices)])
+        if a.pool2:  # the library's derivation (DistillConfig.stage2_from_pool uses it too)
+            pool2 = features.targets_from_block_inputs(pool[0])
         optimizer = torch.optim.AdamW(params, lr=a.lr2, weight_decay=0.01)
         for step in range(a.s2):
             for group in optimizer.param_groups:

@@ -149,6 +149,8 @@ def main(argv=None):
     p.add_argument('--calibration-images', type=int, default=256)
     p.add_argument('--stage1-pool', type=int, default=0,
                    help='stage 1 reuses the teacher targets of this many images')
+    p.add_argument('--stage2-from-pool', action='store_true',
+                   help='stage 2 draws its batches from the stage-1 pool too')
     p.add_argument('--warmup-fraction', type=float, default=0.05)
     p.add_argument('--tag', default='distilled', help='name of this distillation setting')
     p.add_argument('--reuse-teacher', action='store_true',
@@ -215,7 +217,8 @@ def main(argv=None):
         checkpoint_every=10 ** 9, normalize_retention=args.normalize_retention,
         taps=tuple(int(t) for t in args.taps.split()), logit_weight=args.logit_weight,
         calibrate=args.calibrate, calibration_images=args.calibration_images,
-        stage1_pool=args.stage1_pool, warmup_fraction=args.warmup_fraction)
+        stage1_pool=args.stage1_pool, stage2_from_pool=args.stage2_from_pool,
+        warmup_fraction=args.warmup_fraction)
     tic = time.perf_counter()
     out = distill(cfg, printer=log)
     wall = time.perf_counter() - tic
@@ -240,6 +243,7 @@ def main(argv=None):
                    lr1=args.lr1, lr2=args.lr2, normalize_retention=args.normalize_retention,
                    taps=args.taps, logit_weight=args.logit_weight, calibrate=args.calibrate,
                    calibration_images=args.calibration_images, stage1_pool=args.stage1_pool,
+                   stage2_from_pool=args.stage2_from_pool,
                    warmup_fraction=args.warmup_fraction, load_average=os.getloadavg(),
                    threads=torch.get_num_threads())
     # the ViR's own classifier (head copied from the ViT) must give the same accuracy

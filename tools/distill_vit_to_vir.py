@@ -73,6 +73,10 @@ def build_parser():
     g.add_argument('--stage1-pool', type=int, help='stage 1 reuses the teacher\'s block '
                    'inputs/targets of this many images per process, computed once (default 0: '
                    'a teacher forward per step); costs depth x 2 x tokens x width floats each')
+    g.add_argument('--stage2-from-pool', action='store_true', default=None,
+                   help='stage 2 draws its batches from the --stage1-pool images too, with '
+                   'the teacher\'s targets derived from the pool: no teacher forward per '
+                   'stage-2 step (needs --stage1-pool)')
     g.add_argument('--taps', type=int, nargs='+', help='stage 2: also match these block '
                    'outputs, e.g. --taps 0 1 2')
     g.add_argument('--cls-weight', type=float, help='stage 2: extra weight of the class '

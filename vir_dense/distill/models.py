@@ -363,7 +363,8 @@ class FeatureMatching(nn.Module):
 
     As in :class:`BlockMatching`, the teacher's side is also separate, so that a run can
     compute it once and reuse it: :meth:`teacher_targets` (images -> final tokens and tap
-    outputs) and ``forward(images, targets=...)``."""
+    outputs; or :meth:`targets_from_block_inputs`, from a stage-1 pool) and
+    ``forward(images, targets=...)``."""
 
     def __init__(self, teacher, student, taps: Sequence[int] = (), cls_weight: float = 1.0,
                  tap_weight: float = 1.0, logit_weight: float = 0.0):
@@ -387,6 +388,20 @@ class FeatureMatching(nn.Module):
         taps = [to_student_order(self.taps.outputs[i]) for i in self.tap_indices]
         self.taps.clear()
         return final, (torch.stack(taps) if taps else final.new_zeros((0, *final.shape)))
+
+    @torch.no_grad()
+    def targets_from_block_inputs(self, inputs, chunk: int = 64):
+        """:meth:`teacher_targets` from the teacher's block inputs (as
+        :meth:`BlockMatching.teacher_targets` gives them, student order): block i's output is
+        block i + 1's input, so only the last block and the final norm run (on ``chunk``
+        images at a time)."""
+        self.teacher.eval()
+        last = torch.cat([to_student_order(self.teacher.blocks[-1](to_teacher_order(part)))
+                          for part in inputs[-1].split(chunk)])
+        self.taps.clear()  # the hooks saw the last block's forward
+        outputs = torch.cat([inputs[1:], last[None]])
+        final = to_student_order(self.teacher.norm(to_teacher_order(last)))
+        return final, outputs[list(self.tap_indices)]
 
     def forward(self, images, targets=None):
         """Losses on ``images``; ``targets``: their :meth:`teacher_targets`, if precomputed."""

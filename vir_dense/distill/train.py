@@ -54,6 +54,8 @@ class DistillConfig:
     calibration_images: int = 256            # images (per process) the calibration fits on
     stage1_pool: int = 0                     # >0: stage 1 reuses the teacher's targets of
                                              # this many images (computed once) every epoch
+    stage2_from_pool: bool = False           # stage 2 draws from the stage-1 pool too (its
+                                             # images; teacher targets derived from it)
     taps: Sequence[int] = ()                 # stage 2: also match these block outputs
     cls_weight: float = 1.0                  # stage 2: extra weight of the class token
     tap_weight: float = 1.0
@@ -165,14 +167,19 @@ class _Logger:
 def _teacher_pool(matching, dataset, cfg, rank, world, device, amp_dtype):
     """The teacher's block inputs and attention-branch outputs for cfg.stage1_pool images
     (this process's share; one augmented view each): stage 1 then costs only the student's
-    branches per step. Returns (inputs, targets), each (depth, images, tokens, D)."""
+    branches per step. Returns (inputs, targets, images); inputs and targets are
+    (depth, images, tokens, D)."""
     stream = step_batches(dataset, cfg.batch_size, 0, cfg.seed + 99, rank, world)
-    inputs, targets = [], []
-    for _ in range(-(-cfg.stage1_pool // cfg.batch_size)):
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=cfg.amp):
-            pair = matching.teacher_targets(next(stream).to(device))
-        inputs.append(pair[0]), targets.append(pair[1])
-    return torch.cat(inputs, 1), torch.cat(targets, 1)
+    inputs, targets, images = [], [], []
+    # the augmentations get their own seed: a run resumed in stage 2 rebuilds the same pool
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed * 1009 + 99 + rank)
+        for _ in range(-(-cfg.stage1_pool // cfg.batch_size)):
+            images.append(next(stream).to(device))
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=cfg.amp):
+                pair = matching.teacher_targets(images[-1])
+            inputs.append(pair[0]), targets.append(pair[1])
+    return torch.cat(inputs, 1), torch.cat(targets, 1), torch.cat(images)
 
 
 def _pool_batch(size: int, batch_size: int, seed: int, step: int) -> torch.Tensor:
@@ -195,6 +202,9 @@ def _reduce_mean(value: torch.Tensor, world: int) -> torch.Tensor:
 def distill(cfg: DistillConfig, printer: Callable[[str], None] = print) -> Dict:
     """Run stage 1 then stage 2 (resuming where ``cfg.resume`` says), write the output ViR
     checkpoint, and return a summary (output path, steps, seconds, last losses)."""
+    if cfg.stage2_from_pool and cfg.stage1_pool <= 0:
+        raise DistillError('stage2_from_pool draws stage 2 from the stage-1 pool: set '
+                           'stage1_pool > 0 (--stage1-pool N) too')
     rank, world, device = _setup_distributed(cfg.device)
     os.makedirs(cfg.work_dir, exist_ok=True)
     log = _Logger(cfg.work_dir, rank == 0, printer)
@@ -251,12 +261,16 @@ def distill(cfg: DistillConfig, printer: Callable[[str], None] = print) -> Dict:
     if calibrate not in ('proj', 'scale', 'none'):
         raise DistillError(f"calibrate must be 'proj', 'scale' or 'none', got {cfg.calibrate!r}")
     pool = None
-    if progress['stage'] == 1 and (cfg.stage1_pool > 0 and plan[1] > 0 or calibrate != 'none'):
+    # a run resumed in stage 2 rebuilds the pool when stage 2 draws from it
+    need_pool = cfg.stage1_pool > 0 and (
+        progress['stage'] == 1 and plan[1] > 0
+        or cfg.stage2_from_pool and progress['stage'] <= 2 and plan[2] > 0)
+    if need_pool or progress['stage'] == 1 and calibrate != 'none':
         tic, cpu_tic = time.perf_counter(), time.process_time()
         matching = BlockMatching(teacher, student, cfg.stage1_cls_weight)
-        if cfg.stage1_pool > 0 and plan[1] > 0:
+        if need_pool:
             pool = _teacher_pool(matching, dataset, cfg, rank, world, device, amp_dtype)
-        if calibrate != 'none' and progress['step'] == 0:
+        if calibrate != 'none' and progress['stage'] == 1 and progress['step'] == 0:
             count = cfg.calibration_images
             if pool is not None:  # the pool's first images: no extra teacher forward
                 count = min(count, pool[0].shape[1])
@@ -270,10 +284,11 @@ def distill(cfg: DistillConfig, printer: Callable[[str], None] = print) -> Dict:
             log(f'[stage 1] {calibrate} calibration on {count} images: relative MSE per '
                 f'block {calibrated.min():.3f}-{calibrated.max():.3f}')
         matching.close()
+        at = str(progress['stage'])  # part of the stage the run (re)starts in
         seconds = dict(progress['seconds'])
-        seconds['1'] = seconds.get('1', 0.0) + time.perf_counter() - tic  # part of stage 1
+        seconds[at] = seconds.get(at, 0.0) + time.perf_counter() - tic
         cpu = dict(progress.get('cpu_seconds', {}))
-        cpu['1'] = cpu.get('1', 0.0) + time.process_time() - cpu_tic
+        cpu[at] = cpu.get(at, 0.0) + time.process_time() - cpu_tic
         progress = dict(progress, seconds=seconds, cpu_seconds=cpu)
     for stage in (1, 2):
         if stage < progress['stage'] or plan[stage] <= 0:
@@ -297,10 +312,21 @@ def distill(cfg: DistillConfig, printer: Callable[[str], None] = print) -> Dict:
                                cfg.workers)
         tic, seen = time.perf_counter(), 0
         clock, cpu_clock = tic, time.process_time()
+        if stage == 2 and cfg.stage2_from_pool:  # counted as stage-2 time
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=cfg.amp):
+                final, taps = module.targets_from_block_inputs(pool[0])
+            pool2, pool = (pool[2], final, taps), None  # stage 1's targets: not needed now
+            log(f'stage 2 draws its batches from the pool of {len(pool2[0])} images')
         for step in range(start, plan[stage]):
             if stage == 1 and pool is not None:  # the teacher's side, computed once
                 index = _pool_batch(pool[0].shape[1], cfg.batch_size, cfg.seed, step)
                 inputs = dict(inputs=pool[0][:, index], targets=pool[1][:, index])
+                count = len(index)
+            elif stage == 2 and cfg.stage2_from_pool:  # no teacher forward per step
+                # seed + 1: other batches than stage 1's
+                index = _pool_batch(len(pool2[0]), cfg.batch_size, cfg.seed + 1, step)
+                inputs = dict(images=pool2[0][index],
+                              targets=(pool2[1][index], pool2[2][:, index]))
                 count = len(index)
             else:
                 images = next(batches).to(device, non_blocking=True)
