@@ -153,6 +153,8 @@ def main(argv=None):
                    help='stage 2 draws its batches from the stage-1 pool too')
     p.add_argument('--warmup-fraction', type=float, default=0.05)
     p.add_argument('--tag', default='distilled', help='name of this distillation setting')
+    p.add_argument('--seed', type=int, default=0,
+                   help='distillation seed (student init, data order, augmentations)')
     p.add_argument('--reuse-teacher', action='store_true',
                    help='load <work-dir>/teacher.pth instead of training it again')
     args = p.parse_args(argv)
@@ -218,7 +220,7 @@ def main(argv=None):
         taps=tuple(int(t) for t in args.taps.split()), logit_weight=args.logit_weight,
         calibrate=args.calibrate, calibration_images=args.calibration_images,
         stage1_pool=args.stage1_pool, stage2_from_pool=args.stage2_from_pool,
-        warmup_fraction=args.warmup_fraction)
+        warmup_fraction=args.warmup_fraction, seed=args.seed)
     tic = time.perf_counter()
     out = distill(cfg, printer=log)
     wall = time.perf_counter() - tic
@@ -243,7 +245,7 @@ def main(argv=None):
                    lr1=args.lr1, lr2=args.lr2, normalize_retention=args.normalize_retention,
                    taps=args.taps, logit_weight=args.logit_weight, calibrate=args.calibrate,
                    calibration_images=args.calibration_images, stage1_pool=args.stage1_pool,
-                   stage2_from_pool=args.stage2_from_pool,
+                   stage2_from_pool=args.stage2_from_pool, seed=args.seed,
                    warmup_fraction=args.warmup_fraction, load_average=os.getloadavg(),
                    threads=torch.get_num_threads())
     # the ViR's own classifier (head copied from the ViT) must give the same accuracy
