@@ -31,12 +31,14 @@ _load_metafile = functools.lru_cache(maxsize=None)(config_utils.load)
 config_utils.load = lambda path: _load_metafile(path)
 
 
+_yapf_format = config_module.FormatCode
+
+
 @functools.lru_cache(maxsize=64)
 def _format_code(text, style):
     return _yapf_format(text, style_config=dict(style))
 
 
-_yapf_format = config_module.FormatCode
 config_module.FormatCode = lambda text, style_config: _format_code(
     text, tuple(sorted(style_config.items())))
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from inprocess import forget_visualizers
+from inprocess import forget_visualizers, load_tool
 from launch import run_dist_script
 from vir_dense.compat import allow_mmengine_checkpoint_types
 from vir_dense.datasets import make_coco_dataset
@@ -50,10 +50,7 @@ def tiny_options(data_root, seed=True):
 def run_in_process(tool, args):
     """tools/<tool>.py's main(args) in this process, on 1 thread like the subprocess runs
     (saves an interpreter start and the mmdet imports); returns what main returns."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(f'_vir_{tool}', ROOT / 'tools' / f'{tool}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_tool(tool)
     forget_visualizers()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -10,7 +10,7 @@ import torch
 from mmengine.config import Config
 from PIL import Image
 
-from inprocess import forget_visualizers
+from inprocess import forget_visualizers, load_tool
 from vir_dense.datasets.synthetic import (SYNTHETIC_CLASSES, SYNTHETIC_PALETTE,
                                           make_ade20k_dataset)
 
@@ -113,10 +113,7 @@ def _train_in_process(config, work_dir, *extra):
     """tools/train.py in this process (saves interpreter starts; the command line runs in
     test_dist_train.py). Both runs use the process's thread count: bitwise equal results need
     the same count, not a particular one."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location('_vir_train', REPO / 'tools' / 'train.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_tool('train')
     forget_visualizers()
     module.main([str(config), '--work-dir', str(work_dir), *extra])
 

@@ -14,7 +14,6 @@ class UsageError(ViRDenseError):
     """A tool called with arguments that do not go together."""
 
 
-
 def run_cli(main, argv=None):
     """Run ``main(argv)``; a ViRDenseError ends the program with its message (exit 2)."""
     try:

@@ -7,6 +7,8 @@ import torch
 import torch.distributed as dist
 from mmengine.runner import Runner
 
+from .logger_hook import use_rank_zero_logger
+
 
 def setup_device(cfg, launcher):
     """Without CUDA: gloo for distributed runs, and a DDP wrapper without device ids."""
@@ -58,8 +60,6 @@ def build_runner(cfg, verbose=False):
     plain LoggerHook becomes RankZeroLoggerHook (distributed test runs wrote one json from
     every rank)."""
     from mmengine.registry import RUNNERS
-
-    from .logger_hook import use_rank_zero_logger
     use_rank_zero_logger(cfg)
     if 'runner_type' in cfg:
         return RUNNERS.build(cfg)
