@@ -14,5 +14,5 @@ demo: setup
 	$(PYTHON) tools/demo.py
 
 benchmark: setup
-	$(PYTHON) tools/benchmark_backbone.py
-	$(PYTHON) tools/benchmark_highres.py
+	$(PYTHON) tools/analysis_tools/benchmark_backbone.py
+	$(PYTHON) tools/analysis_tools/benchmark_highres.py

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Transient memory of one chunkwise retention call vs the docstring's formula.
 
-    .venv/bin/python tools/measure_retention_memory.py [--sizes 1024 2048] [--chunk 1024]
+    .venv/bin/python tools/analysis_tools/measure_retention_memory.py [--sizes 1024 2048] \\
+        [--chunk 1024]
 
 Each (size, mask) runs in a fresh child: q, k, v for ViR-S's 6 heads of dim 64 on the size/16
 patch grid (+ class token) are built first, then the peak RSS of one forward call (no grad)
@@ -9,7 +10,7 @@ minus the RSS before it is the operator's transient peak. The prediction is
 `vir_dense.ops.retention.chunkwise.transient_elements` x 4 bytes, at the geometry the operator
 itself uses (its `make_layout` grid, its `rows_per_chunk`).
 
-    .venv/bin/python tools/measure_retention_memory.py --quick     # 256² only
+    .venv/bin/python tools/analysis_tools/measure_retention_memory.py --quick     # 256² only
 """
 import argparse
 import json
@@ -71,7 +72,8 @@ def main(argv):
     malloc = "glibc's default" if args.default_malloc else 'raised (MALLOC_MMAP_THRESHOLD_)'
     text = '\n'.join([
         '## Transient memory of one chunkwise retention call: measured vs formula', '',
-        f'`python tools/measure_retention_memory.py {" ".join(argv)}`: ViR-S heads (6 x 64), '
+        f'`python tools/analysis_tools/measure_retention_memory.py {" ".join(argv)}`: '
+        'ViR-S heads (6 x 64), '
         f'chunk {args.chunk} tokens, fresh process per row, mmap threshold {malloc}.', '']
         + markdown_table(['size', 'mask', 'measured MiB', 'formula MiB'], rows))
     write_outputs(args, text, 'retention_memory', results)

@@ -3,8 +3,9 @@
 autocast (bf16, fp16) vs float32, ViR-S (paper retention, i.e. unnormalized, and normalized)
 vs timm ViT-S, side by side in one run.
 
-    .venv/bin/python tools/benchmark_precision.py [--sizes 512 1024] [--dtypes bfloat16]
-    .venv/bin/python tools/benchmark_precision.py --quick       # 224² only, prints only
+    .venv/bin/python tools/analysis_tools/benchmark_precision.py [--sizes 512 1024] \\
+        [--dtypes bfloat16]
+    .venv/bin/python tools/analysis_tools/benchmark_precision.py --quick  # 224² only, prints only
 
 Random weights with LayerScale 1.0 (ViR's default 1e-5 would hide the blocks), the same random
 image for every model; error = ||out - out_fp32|| / ||out_fp32||. Writes the table between
@@ -66,7 +67,8 @@ def main(argv):
         rows.append([title, *cells])
     text = '\n'.join([
         '## Mixed precision: relative error of the features under CPU autocast vs float32', '',
-        f'`python tools/benchmark_precision.py {" ".join(argv)}` ({(time.time() - start) / 60:.1f}'
+        f'`python tools/analysis_tools/benchmark_precision.py {" ".join(argv)}` '
+        f'({(time.time() - start) / 60:.1f}'
         f' min, {args.threads} threads); random weights, LayerScale 1.0, one image; the '
         'retention operator computes in float32 inside autocast.', ''] + markdown_table(
             ['model'] + [f'{d} {s}²' for d in args.dtypes for s in args.sizes], rows))

@@ -1,9 +1,10 @@
 #!/usr/bin/env python
 """Backbone benchmark: ViR-S (each retention mode, each mask) vs timm ViT-S (SDPA), CPU.
 
-    .venv/bin/python tools/benchmark_backbone.py                       # full run (~50 min)
-    .venv/bin/python tools/benchmark_backbone.py --sizes 224 512 --train-sizes 512 --repeats 1
-    .venv/bin/python tools/benchmark_backbone.py --quick               # 224² only, prints only
+    .venv/bin/python tools/analysis_tools/benchmark_backbone.py           # full run (~50 min)
+    .venv/bin/python tools/analysis_tools/benchmark_backbone.py --sizes 224 512 \\
+        --train-sizes 512 --repeats 1
+    .venv/bin/python tools/analysis_tools/benchmark_backbone.py --quick   # 224² only, prints only
 
 Rows (batch 1, float32, `forward_features`, both models with dynamic_img_size=True):
 - forward (eval, no grad) at every --sizes for ViT-S and, per --masks (default: the dense
@@ -13,8 +14,9 @@ Rows (batch 1, float32, `forward_features`, both models with dynamic_img_size=Tr
   ViT-S and ViR-S parallel / chunkwise / auto with `bidirectional_2d`;
 - with --compile S: inductor compile time and compiled vs eager latency at S x S.
 
-Each row is a fresh child process (tools/benchlib.py), so its memory is its own: activation =
-peak RSS (high-water mark reset after building model and input) minus RSS after the build.
+Each row is a fresh child process (tools/analysis_tools/benchlib.py), so its memory is its
+own: activation = peak RSS (high-water mark reset after building model and input) minus RSS
+after the build.
 Latency = median of --repeats runs after one warm-up. ATen ops and FLOPs are counted, not
 estimated, on one extra run (or on the last timed one when a run takes > 20 s) by
 `benchlib.OpCounter`: every dispatched ATen op, FLOPs from torch's own formulas
@@ -256,7 +258,8 @@ def target_lines(results):
 
 def report(results, args, machine, elapsed):
     lines = ['## Backbone: ViR-S vs ViT-S, forward and training step (CPU)', '',
-             f'- {datetime.datetime.now():%Y-%m-%d %H:%M}; `python tools/benchmark_backbone.py '
+             f'- {datetime.datetime.now():%Y-%m-%d %H:%M}; '
+             '`python tools/analysis_tools/benchmark_backbone.py '
              f'{" ".join(sys.argv[1:])}` ({elapsed / 60:.1f} min)',
              f'- {machine["cpu"]}, {os.cpu_count()} cores, **{args.threads} thread(s)**; '
              f'1-min load {machine["load_start"]} at the start, {loadavg()} at the end; fp32 '

@@ -2,9 +2,9 @@
 """High-resolution semantic segmentation benchmark: whole-image UperNet + ViR-S in chunkwise
 and parallel retention, vs sliding windows, vs the same UperNet on a timm ViT-S (CPU, fp32).
 
-    .venv/bin/python tools/benchmark_highres.py                  # full run (hours)
-    .venv/bin/python tools/benchmark_highres.py --quick          # 256 px, all configurations,
-                                                                 # prints only (minutes)
+    .venv/bin/python tools/analysis_tools/benchmark_highres.py           # full run (hours)
+    .venv/bin/python tools/analysis_tools/benchmark_highres.py --quick   # 256 px, all
+                                                    # configurations, prints only (minutes)
 
 What is measured: the time and peak memory of segmenting one random RGB image of S x S pixels
 end to end with `vir_dense.apis.seg.segment_array` (what tools/infer_seg.py --scale none runs:
@@ -136,7 +136,6 @@ def child_run(cfg):
     import numpy as np
     import torch
     torch.set_num_threads(cfg['threads'])
-    sys.path.insert(0, str(REPO))
     from mmengine.config import Config
 
     from vir_dense.apis.seg import build_inference_pipeline, init_segmentor, segment_array
@@ -298,7 +297,7 @@ def report(results, machine, args, argv, elapsed, plot_path):
     lines = [
         '## High-resolution segmentation: whole-image ViR-S (chunkwise) vs parallel, sliding '
         'window and ViT-S', '',
-        '`python tools/benchmark_highres.py' + ''.join(f' {a}' for a in argv) + '`',
+        '`python tools/analysis_tools/benchmark_highres.py' + ''.join(f' {a}' for a in argv) + '`',
         f'({datetime.datetime.now():%Y-%m-%d %H:%M}, {elapsed / 60:.1f} min; '
         f'{machine.get("cpu", "?")}, {machine.get("cores", "?")} cores, '
         f'{machine.get("threads", "?")} torch threads, torch {machine.get("torch", "?")}; '

@@ -1,4 +1,4 @@
-"""What the benchmark scripts share (tools/benchmark_*.py).
+"""What the benchmark scripts share (tools/analysis_tools/benchmark_*.py).
 
 Each configuration runs in a fresh child process, so its memory numbers are its own: the
 parent never imports torch, launches `SCRIPT --_child KIND JSON` and reads the JSON records
@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RESULT_TAG = '@@bench@@ '
 GIB, MIB = 1 << 30, 1 << 20
 # glibc keeps tensors above its mmap threshold (<= 32 MB) in fresh mappings that page-fault on
