@@ -3,7 +3,7 @@
 # total batch of 16 (8 GPUs x 2). Gradient checkpointing (with_cp) trades compute for memory:
 # a 1333x800 image is ~4200 tokens, and parallel retention holds a tokens x tokens map per head.
 # Backbone weights: pretrained/vir_base_patch16_224.pth, e.g. converted from
-# timm/deit_base_patch16_224.fb_in1k with tools/convert_checkpoint.py --arch base
+# timm/deit_base_patch16_224.fb_in1k with tools/model_converters/convert_checkpoint.py --arch base
 # (no ImageNet ViR weights exist).
 _base_ = ['./maskrcnn_vir_s_coco.py']
 

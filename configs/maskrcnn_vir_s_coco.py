@@ -6,7 +6,7 @@
 # Total batch 16 = 8 GPUs x 2 images; lr 1e-4 is for that batch (--auto-scale-lr rescales it
 # linearly for another one). The backbone starts from pretrained/vir_small_patch16_224.pth:
 # no ImageNet ViR weights exist anywhere, so make that file from timm DeiT-S/ViT-S weights with
-#   python tools/convert_checkpoint.py timm/deit_small_patch16_224.fb_in1k \
+#   python tools/model_converters/convert_checkpoint.py timm/deit_small_patch16_224.fb_in1k \
 #       pretrained/vir_small_patch16_224.pth --arch small
 # (a warm start: the attention weights become retention weights), or train from scratch with
 #   --cfg-options model.backbone.init_cfg=None

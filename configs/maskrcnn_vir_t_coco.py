@@ -1,7 +1,7 @@
 # Mask R-CNN + ViR-T/16 (D=192, 12 blocks, 3 heads; our variant for fast experiments), COCO 1x.
 # Total batch 16 (8 GPUs x 2), lr 1e-4, layer decay 0.7 over 12 blocks.
 # Backbone weights: pretrained/vir_tiny_patch16_224.pth, e.g. converted from
-# timm/deit_tiny_patch16_224.fb_in1k with tools/convert_checkpoint.py --arch tiny
+# timm/deit_tiny_patch16_224.fb_in1k with tools/model_converters/convert_checkpoint.py --arch tiny
 # (no ImageNet ViR weights exist).
 _base_ = ['./maskrcnn_vir_s_coco.py']
 

@@ -2,7 +2,7 @@
 # scaled to the embedded synthetic shapes, to compare with the patch-8 demo
 # (configs/maskrcnn_vir_t_synthetic.py) at the same budget; results in docs/detection.md.
 #
-#   python tools/make_synthetic_data.py coco
+#   python tools/dataset_converters/make_synthetic_data.py coco
 #   python tools/train.py configs/maskrcnn_vir_t_sp16_synthetic.py
 #
 # Everything is the demo's (ViR D=192, 6 blocks, random init, 160x160 images, 12 epochs, lr,

@@ -1,7 +1,7 @@
 # The demo: Mask R-CNN + a small ViR on the embedded synthetic shapes (COCO format), CPU-sized.
 #
-#   python tools/make_synthetic_data.py coco          # -> data/synthetic_coco/ (256x256 images)
-#   python tools/train.py configs/maskrcnn_vir_t_synthetic.py       # or: make demo
+#   python tools/dataset_converters/make_synthetic_data.py coco  # -> data/synthetic_coco/, 256²
+#   python tools/train.py configs/maskrcnn_vir_t_synthetic.py    # or: make demo
 #
 # Scaled down so that 2 CPU cores train it in about 10 minutes: ViR with D=192, 6 blocks,
 # 3 heads, patch 8 (images resized to 160x160 -> a 20x20 token grid), 128-channel FPN and

@@ -1,6 +1,6 @@
 # UperNet + ViR-T on the embedded synthetic shapes (ADE20K layout, 4 classes), 128x128 crops:
 # a from-scratch recipe that trains and evaluates on a CPU. Write the data first:
-#   python tools/make_synthetic_data.py ade20k
+#   python tools/dataset_converters/make_synthetic_data.py ade20k
 #   python tools/train.py configs/upernet_vir_t_synthetic.py
 _base_ = [
     './_base_/models/upernet_vir.py',

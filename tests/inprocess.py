@@ -9,8 +9,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_tool(name):
-    """tools/<name>.py as a module (its main(argv) is what `python tools/<name>.py` runs)."""
-    spec = importlib.util.spec_from_file_location(f'_vir_tool_{name}',
+    """tools/<name>.py as a module (its main(argv) is what `python tools/<name>.py` runs);
+    `name` may hold a role folder, e.g. 'deployment/export_onnx'."""
+    spec = importlib.util.spec_from_file_location(f'_vir_tool_{name.replace("/", "_")}',
                                                   ROOT / 'tools' / f'{name}.py')
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -4,7 +4,6 @@ Checkpoints are made here from random tensors with the right shapes; nothing tou
 network (timm-name downloads are mocked).
 """
 import argparse
-import importlib.util
 import os
 import pickle
 from pathlib import Path
@@ -13,6 +12,8 @@ import pytest
 import torch
 import torch.nn as nn
 from safetensors.torch import save_file
+
+from inprocess import load_tool
 
 from vir_dense.mm.checkpoint import load_pretrained, load_pretrained_from_init_cfg
 from vir_dense.models import checkpoint_files as ckpt
@@ -367,11 +368,7 @@ def test_convert_to_vir_with_shape_mapping():
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location('convert_checkpoint',
-                                                  ROOT / 'tools' / 'convert_checkpoint.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool('model_converters/convert_checkpoint')
 
 
 @pytest.mark.parametrize('dst_name', ['vir.safetensors', 'vir.pth'])

@@ -186,7 +186,7 @@ def test_missing_data_root_message(tmp_path, capsys):
     err = run_tool_error(capsys, 'train', [
         str(ROOT / 'configs' / 'maskrcnn_vir_t_synthetic.py'), '--work-dir', str(tmp_path),
         '--cfg-options', f'data_root={tmp_path}/synthetic_coco/'])
-    assert 'python tools/make_synthetic_data.py coco' in err
+    assert 'python tools/dataset_converters/make_synthetic_data.py coco' in err
 
 
 def test_missing_annotation_file_message(tmp_path, capsys):
@@ -204,7 +204,8 @@ def test_missing_pretrained_and_checkpoint_messages(tmp_path, capsys, monkeypatc
         str(ROOT / 'configs' / 'maskrcnn_vir_s_coco.py'), '--work-dir', str(tmp_path),
         '--cfg-options', f'data_root={root}/'])
     assert 'pretrained weights pretrained/vir_small_patch16_224.pth not found' in err
-    assert 'tools/convert_checkpoint.py' in err and 'model.backbone.init_cfg=None' in err
+    assert 'tools/model_converters/convert_checkpoint.py' in err
+    assert 'model.backbone.init_cfg=None' in err
     err = run_tool_error(capsys, 'test', [
         str(ROOT / 'configs' / 'maskrcnn_vir_s_coco.py'), str(tmp_path / 'missing.pth'),
         '--cfg-options', f'data_root={root}/'])

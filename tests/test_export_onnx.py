@@ -1,18 +1,18 @@
-"""ONNX export (vir_dense.deploy, tools/export_onnx.py): each target exports with torch's dynamo
-exporter and onnxruntime (CPU) gives PyTorch's outputs; the missing extra is named.
+"""ONNX export (vir_dense.deploy, tools/deployment/export_onnx.py): each target exports with
+torch's dynamo exporter and onnxruntime (CPU) gives PyTorch's outputs; the missing extra is named.
 
 Small models (one block) and shapes keep the exports quick; both retention forms the
 exports use are covered: parallel (auto at these sizes) and chunkwise with several chunks. The
 512²/1024² ViR-S checks and latencies are in docs/deployment.md (run once, not here).
 """
 import builtins
-import importlib.util
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from inprocess import load_tool
 from vir_dense.deploy import (DeployError, DeployExtraMissing, build_target, export_and_check,
                               relative_error, require_deploy)
 
@@ -30,11 +30,7 @@ SMALL_UPERNET = {
 
 
 def _export_tool():
-    spec = importlib.util.spec_from_file_location('_vir_export_onnx',
-                                                  ROOT / 'tools' / 'export_onnx.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool('deployment/export_onnx')
 
 
 def _assert_matches(check, outputs):

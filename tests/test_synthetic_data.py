@@ -1,5 +1,4 @@
 """The embedded synthetic datasets: layout, exact masks, determinism, idempotence, mm loaders."""
-import importlib.util
 import json
 from pathlib import Path
 
@@ -7,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from inprocess import load_tool
 from vir_dense.datasets import (META_FILE, SYNTHETIC_CLASSES, SYNTHETIC_PALETTE,
                                 make_ade20k_dataset, make_coco_dataset, read_meta)
 
@@ -185,10 +185,7 @@ def test_refuses_to_overwrite_foreign_data(tmp_path):
 
 
 def test_cli(tmp_path, capsys):
-    tool = Path(__file__).resolve().parents[1] / 'tools' / 'make_synthetic_data.py'
-    spec = importlib.util.spec_from_file_location('make_synthetic_data', tool)
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
+    cli = load_tool('dataset_converters/make_synthetic_data')
     cli.main(['all', '--out', str(tmp_path), '--num-train', '2', '--num-val', '1',
               '--size', '40', '48', '--seed', '3'])
     out = capsys.readouterr().out

@@ -2,7 +2,8 @@
 
     python tools/demo.py [--work-dir work_dirs/demo_det] [--epochs N] [--threads N]
 
-1. writes the embedded synthetic COCO-format dataset (tools/make_synthetic_data.py coco),
+1. writes the embedded synthetic COCO-format dataset
+   (tools/dataset_converters/make_synthetic_data.py coco),
 2. trains configs/maskrcnn_vir_t_synthetic.py (tools/train.py, random init),
 3. evaluates the final checkpoint with CocoMetric bbox + segm (tools/test.py),
 4. draws predictions on a few val images (tools/infer_det.py),
@@ -19,7 +20,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 CONFIG = 'configs/maskrcnn_vir_t_synthetic.py'
 DATA_ROOT = 'data/synthetic_coco'
@@ -32,21 +32,51 @@ def parse_args(argv=None):
     parser.add_argument('--epochs', type=int, default=None,
                         help='override the config\'s number of epochs (for a quicker look)')
     parser.add_argument('--threads', type=int, default=None,
-                        help='torch CPU threads (default: all cores, 1 if the machine is '
-                             'already busy: oversubscribed OpenMP threads crawl)')
+                        help='torch CPU threads (default: the cores idle now, measured over '
+                             'one second: threads beyond them only wait for each other)')
     parser.add_argument('--num-vis', type=int, default=8, help='val images to draw')
     return parser.parse_args(argv)
 
 
-def pick_threads(requested):
-    if requested:
-        return requested
-    cores = os.cpu_count() or 1
+def cpu_times(cores):
+    """(idle, total) jiffies of `cores` from /proc/stat (idle includes iowait)."""
+    idle = total = 0
+    with open('/proc/stat') as f:
+        for line in f:
+            name, *values = line.split()
+            if name.startswith('cpu') and name[3:].isdigit() and int(name[3:]) in cores:
+                values = [int(v) for v in values[:8]]  # up to steal; guest is inside user
+                idle += values[3] + values[4]
+                total += sum(values)
+    return idle, total
+
+
+def idle_cores(interval=1.0):
+    """(idle cores, usable cores): how many of this process's cores were idle over the last
+    `interval` seconds. The load average cannot tell: it trails by a minute, so right after
+    `make setup` has compiled mmcv on every core it still reports the machine as busy."""
+    cores = sorted(os.sched_getaffinity(0))
     try:
-        busy = os.getloadavg()[0]
-    except OSError:
-        busy = 0.0
-    return max(1, min(cores, int(cores - busy + 0.5)))
+        idle0, total0 = cpu_times(cores)
+        time.sleep(interval)
+        idle1, total1 = cpu_times(cores)
+    except (OSError, ValueError):
+        return None, len(cores)
+    if total1 <= total0:
+        return None, len(cores)
+    return len(cores) * (idle1 - idle0) / (total1 - total0), len(cores)
+
+
+def pick_threads(requested):
+    """(threads, why)."""
+    if requested:
+        return requested, 'as asked (--threads)'
+    idle, cores = idle_cores()
+    if idle is None:
+        return cores, f'all {cores} usable cores (/proc/stat unreadable)'
+    threads = max(1, min(cores, round(idle)))
+    return threads, (f'{idle:.1f} of {cores} usable cores idle over the last second; '
+                     '--threads N to choose')
 
 
 def run(step, cmd, env):
@@ -100,16 +130,15 @@ def plot_curves(scalars_path, out_png):
 def main(argv=None):
     args = parse_args(argv)
     start = time.time()
-    threads = pick_threads(args.threads)
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
-               PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    threads, why = pick_threads(args.threads)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     work_dir = Path(args.work_dir)
-    print(f'[demo] Mask R-CNN + ViR on synthetic shapes, CPU, {threads} thread(s); '
-          f'everything goes to {work_dir}/')
+    print(f'[demo] Mask R-CNN + ViR on synthetic shapes, CPU, {threads} thread(s): {why}; '
+          f'everything goes to {work_dir}/', flush=True)
 
     timings = {}
-    timings['data'] = run('data', ['tools/make_synthetic_data.py', 'coco', '--out', DATA_ROOT],
-                          env)
+    timings['data'] = run('data', ['tools/dataset_converters/make_synthetic_data.py', 'coco',
+                                   '--out', DATA_ROOT], env)
 
     options = []
     if args.epochs:
@@ -144,7 +173,8 @@ def main(argv=None):
 
     wall = time.time() - start
     summary = dict(
-        config=CONFIG, checkpoint=checkpoint, threads=threads, wall_time_s=round(wall, 1),
+        config=CONFIG, checkpoint=checkpoint, threads=threads, threads_chosen_by=why,
+        wall_time_s=round(wall, 1),
         step_times_s={k: round(v, 1) for k, v in timings.items()},
         metrics={k: round(v, 4) for k, v in metrics.items()})
     (work_dir / 'demo_summary.json').write_text(json.dumps(summary, indent=2) + '\n')

@@ -8,7 +8,6 @@ SCRIPT=$2
 HERE="$(cd "$(dirname "$0")" && pwd)"
 PYTHON=${PYTHON:-python}
 
-PYTHONPATH="$HERE/..${PYTHONPATH:+:$PYTHONPATH}" \
 exec "$PYTHON" -m torch.distributed.run \
     --nnodes="${NNODES:-1}" \
     --node_rank="${NODE_RANK:-0}" \

@@ -17,11 +17,8 @@ import argparse
 import dataclasses
 import json
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from vir_dense.cli import UsageError, run_cli  # noqa: E402
+from vir_dense.cli import UsageError, run_cli
 
 
 def build_parser():

@@ -17,11 +17,9 @@ import json
 import os.path as osp
 import sys
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+from mmengine.config import DictAction
 
-from mmengine.config import DictAction  # noqa: E402
-
-from vir_dense.cli import UsageError, run_cli  # noqa: E402
+from vir_dense.cli import UsageError, run_cli
 
 
 def parse_args(argv=None):

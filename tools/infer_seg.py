@@ -17,12 +17,9 @@ and --scale none keeps the image's own resolution instead of the config's test-t
 Unreadable files are reported and skipped; the exit status is 1 if any image failed.
 """
 import argparse
-import os.path as osp
 import sys
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-
-from vir_dense.cli import UsageError, run_cli  # noqa: E402
+from vir_dense.cli import UsageError, run_cli
 
 
 def parse_scale(text):

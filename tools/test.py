@@ -8,16 +8,12 @@ predictions drawn (under the work dir's timestamp folder, as mmdet does).
 Segmentation: --out DIR writes the predicted label maps; --show-dir DIR the overlays.
 """
 import argparse
-import os.path as osp
-import sys
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+from mmengine.config import DictAction
 
-from mmengine.config import DictAction  # noqa: E402
-
-from vir_dense import preflight  # noqa: E402
-from vir_dense.cli import UsageError, run_cli, set_local_rank  # noqa: E402
-from vir_dense.config import run_config  # noqa: E402
+from vir_dense import preflight
+from vir_dense.cli import UsageError, run_cli, set_local_rank
+from vir_dense.config import run_config
 
 
 def parse_args(argv=None):

@@ -24,7 +24,7 @@ def main(argv=None):
                  '(git clone the pytorch-image-models repository to get it)')
     import vir_dense  # noqa: F401  (registers the ViR models with timm)
     sys.argv = [script, *script_args]
-    sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
+    # timm's train.py imports only the installed timm, so the import path is left as it is.
     runpy.run_path(script, run_name='__main__')
     return 0
 

@@ -9,17 +9,13 @@ checkpoints and misspelt --cfg-options keys stop the run at once with one messag
 --resume continues exactly (same weights as an uninterrupted run on CPU): docs/resume.md.
 """
 import argparse
-import os.path as osp
-import sys
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+from mmengine.config import DictAction
+from mmengine.logging import print_log
 
-from mmengine.config import DictAction  # noqa: E402
-from mmengine.logging import print_log  # noqa: E402
-
-from vir_dense import preflight  # noqa: E402
-from vir_dense.cli import UsageError, run_cli, set_local_rank  # noqa: E402
-from vir_dense.config import run_config  # noqa: E402
+from vir_dense import preflight
+from vir_dense.cli import UsageError, run_cli, set_local_rank
+from vir_dense.config import run_config
 
 
 def parse_args(argv=None):

@@ -15,8 +15,8 @@ _DATASET_HINTS = {
                       'from the MIT scene parsing benchmark).'),
 }
 _SYNTHETIC_HINTS = {
-    'synthetic_coco': 'python tools/make_synthetic_data.py coco',
-    'synthetic_ade': 'python tools/make_synthetic_data.py ade20k',
+    'synthetic_coco': 'python tools/dataset_converters/make_synthetic_data.py coco',
+    'synthetic_ade': 'python tools/dataset_converters/make_synthetic_data.py ade20k',
 }
 
 
@@ -149,7 +149,8 @@ def check_pretrained(cfg):
             raise CheckpointError(
                 f'pretrained weights {checkpoint} not found ({where}). No ImageNet ViR weights '
                 'exist: make a warm start from timm ViT/DeiT weights with `python '
-                f'tools/convert_checkpoint.py timm/deit_small_patch16_224.fb_in1k {checkpoint} '
+                'tools/model_converters/convert_checkpoint.py '
+                f'timm/deit_small_patch16_224.fb_in1k {checkpoint} '
                 '--arch small` (match --arch to the config), point the config at your file '
                 f'with --cfg-options {where}.checkpoint=PATH, or train from random init with '
                 f'--cfg-options {where}=None')

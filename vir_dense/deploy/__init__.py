@@ -6,7 +6,8 @@ against PyTorch with onnxruntime. Needs the optional extra: ``pip install -e .[d
     check = export_and_check(built, (512, 512), 'upernet.onnx', repeats=5)
     check.max_error  # max|onnx - torch| / max|torch|
 
-The command line: tools/export_onnx.py; the measured errors and latencies: docs/deployment.md.
+The command line: tools/deployment/export_onnx.py; the measured errors and latencies:
+docs/deployment.md.
 """
 from .errors import INSTALL_HINT, DeployError, DeployExtraMissing, ExportFailed
 from .extra import DEPLOY_PACKAGES, require_deploy

@@ -1,5 +1,6 @@
 """The ViR model sizes: the one table that the timm models, the OpenMMLab backbone
-(`arch='small'`), the checkpoint converter and tools/convert_checkpoint.py all read."""
+(`arch='small'`), the checkpoint converter and tools/model_converters/convert_checkpoint.py
+all read."""
 from dataclasses import dataclass
 
 

@@ -22,7 +22,8 @@ _FILE_SUFFIXES = ('.safetensors', '.pth', '.pt', '.bin')
 _PICKLE_HELP = (
     'Pretrained files are loaded weights-only (safetensors, or torch.load(weights_only=True)), '
     'because unpickling arbitrary objects can run code. If you trust this file, convert it '
-    'once: `python tools/convert_checkpoint.py --trust-pickle {path} converted.safetensors` '
+    'once: `python tools/model_converters/convert_checkpoint.py --trust-pickle {path} '
+    'converted.safetensors` '
     "(or re-save only its tensors: torch.save(ckpt['state_dict'], 'weights.pth')), then pass "
     'the converted file.')
 

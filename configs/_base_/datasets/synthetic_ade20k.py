@@ -1,7 +1,8 @@
 # The embedded synthetic shapes dataset in ADE20K layout (vir_dense.datasets.synthetic):
-# write it with `python tools/make_synthetic_data.py ade20k` (240 train / 60 val images of
-# 256x256). Label maps hold 0 for background and 1..4 for the shapes; reduce_zero_label turns
-# background into 255 (ignored), as for ADE20K. ADE20K's pipeline at a quarter of its scale.
+# write it with `python tools/dataset_converters/make_synthetic_data.py ade20k` (240 train /
+# 60 val images of 256x256). Label maps hold 0 for background and 1..4 for the shapes;
+# reduce_zero_label turns background into 255 (ignored), as for ADE20K. ADE20K's pipeline at
+# a quarter of its scale.
 _base_ = ['./ade20k.py']
 dataset_type = 'BaseSegDataset'
 data_root = 'data/synthetic_ade'

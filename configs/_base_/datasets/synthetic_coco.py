@@ -1,5 +1,6 @@
 # The embedded synthetic shapes dataset in COCO layout (vir_dense/datasets/synthetic.py).
-# Write it with:  python tools/make_synthetic_data.py coco      (-> data/synthetic_coco/)
+# Write it with:  python tools/dataset_converters/make_synthetic_data.py coco
+# (-> data/synthetic_coco/)
 #
 # 240 train / 60 val images of 256x256 with 1-5 shapes each; read unchanged by mmdet's
 # CocoDataset and CocoMetric. The class names must equal

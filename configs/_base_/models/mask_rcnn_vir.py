@@ -33,7 +33,7 @@ model = dict(
         drop_path_rate=0.1,
         with_cp=False,
         # No ImageNet ViR weights exist: make a warm start from timm ViT/DeiT weights with
-        # tools/convert_checkpoint.py, or train from scratch with
+        # tools/model_converters/convert_checkpoint.py, or train from scratch with
         # --cfg-options model.backbone.init_cfg=None
         init_cfg=dict(type='Pretrained', checkpoint='pretrained/vir_small_patch16_224.pth')),
     neck=dict(

@@ -2,25 +2,19 @@
 
 Examples::
 
-    python tools/make_synthetic_data.py all        # data/synthetic_coco + data/synthetic_ade
-    python tools/make_synthetic_data.py coco --out data/synthetic_coco --num-train 200 \\
-        --num-val 50 --size 256 --seed 0
-    python tools/make_synthetic_data.py ade20k --size 128 96   # H W
+    python tools/dataset_converters/make_synthetic_data.py all   # synthetic_coco + synthetic_ade
+    python tools/dataset_converters/make_synthetic_data.py coco --out data/synthetic_coco \\
+        --num-train 200 --num-val 50 --size 256 --seed 0
+    python tools/dataset_converters/make_synthetic_data.py ade20k --size 128 96   # H W
 
 Defaults: 240 train / 60 val images of 256x256, seed 0, 1-5 shapes per image, roots
 data/synthetic_coco (COCO instances layout) and data/synthetic_ade (ADEChallengeData2016
 layout). A dataset already written with the same parameters is kept as it is.
 """
 import argparse
-import sys
 from pathlib import Path
 
-try:
-    import vir_dense  # noqa: F401
-except ImportError:  # run from a checkout that is not installed
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from vir_dense.datasets import synthetic  # noqa: E402
+from vir_dense.datasets import synthetic
 
 WRITERS = {'coco': synthetic.make_coco_dataset, 'ade20k': synthetic.make_ade20k_dataset}
 DEFAULT_ROOTS = {'coco': synthetic.DEFAULT_COCO_ROOT, 'ade20k': synthetic.DEFAULT_ADE_ROOT}

@@ -1,7 +1,7 @@
 """Convert a timm ViT / DeiT / ViR or an mmdet/mmseg checkpoint into a ViR backbone checkpoint.
 
-    python tools/convert_checkpoint.py SRC DST [--model-grid ROWSxCOLS] [--arch small]
-                                       [--prefix backbone.] [--trust-pickle]
+    python tools/model_converters/convert_checkpoint.py SRC DST [--model-grid ROWSxCOLS]
+        [--arch small] [--prefix backbone.] [--trust-pickle]
 
 SRC is a local file or ``timm/<model_name>``. DST ending in ``.safetensors`` is written with
 safetensors, anything else as a ``.pth`` holding ``{'state_dict': ..., 'meta': ...}``.
@@ -16,11 +16,10 @@ import tempfile
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from vir_dense.models.archs import ARCHS  # noqa: E402
-from vir_dense.models.checkpoint_files import (read_checkpoint, resolve_checkpoint,  # noqa: E402
+from vir_dense.models.archs import ARCHS
+from vir_dense.models.checkpoint_files import (read_checkpoint, resolve_checkpoint,
                                                unwrap_state_dict)
-from vir_dense.models.convert import convert_to_vir, infer_vir_shapes  # noqa: E402
+from vir_dense.models.convert import convert_to_vir, infer_vir_shapes
 
 
 def parse_grid(text):

@@ -1,7 +1,7 @@
 """Export a ViR model to ONNX, optionally checked against PyTorch with onnxruntime (CPU).
 
-    python tools/export_onnx.py CONFIG_OR_TIMM_NAME [CHECKPOINT] --shape H W --out FILE.onnx
-        [--target backbone|model|backbone_neck|rpn] [--retention-mode auto|parallel|chunkwise|
+    python tools/deployment/export_onnx.py CONFIG_OR_TIMM_NAME [CHECKPOINT] --shape H W
+        --out FILE.onnx [--target backbone|model|backbone_neck|rpn] [--retention-mode auto|parallel|chunkwise|
         recurrent] [--chunk-size N] [--cfg-options K=V ...] [--verify] [--repeats N]
         [--threads N] [--batch N] [--opset N]
 
@@ -21,14 +21,11 @@ Exit status: 0 done (and verified), 1 verification exceeded the tolerance, 2 a u
 an export the exporter refused (with its reason) or the deploy extra missing.
 """
 import argparse
-import os.path as osp
 import sys
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+from mmengine.config import DictAction
 
-from mmengine.config import DictAction  # noqa: E402
-
-from vir_dense.cli import UsageError, run_cli  # noqa: E402
+from vir_dense.cli import UsageError, run_cli
 
 
 def parse_args(argv=None):

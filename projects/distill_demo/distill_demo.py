@@ -1,8 +1,8 @@
 """Proof on a CPU: does distillation turn a converted ViT into a working ViR?
 
-    OMP_NUM_THREADS=1 python tools/distill_demo.py [--work-dir work_dirs/distill_demo]
-        [--teacher-minutes 12] [--reuse-teacher] [--stage1-steps 60 --stage2-steps 30]
-        [--batch-size 16] [--tag distilled]
+    OMP_NUM_THREADS=1 python projects/distill_demo/distill_demo.py
+        [--work-dir work_dirs/distill_demo] [--teacher-minutes 12] [--reuse-teacher]
+        [--stage1-steps 60 --stage2-steps 30] [--batch-size 16] [--tag distilled]
 
 1. makes a labelled set: 64 px images of one shape whose colour is the label (6 hues, chance
    16.7%; shape, size, angle, position and a desaturated background random);
@@ -25,8 +25,6 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # The label is the colour of the one shape in the image (6 saturated hues, jittered) on a
 # desaturated background (flat, gradient, stripes, checker or blotches) with pixel noise; the
@@ -142,7 +140,8 @@ def main(argv=None):
     p.add_argument('--stage2-steps', type=int, default=30)
     p.add_argument('--lr1', type=float, default=2e-3)
     p.add_argument('--lr2', type=float, default=5e-4)
-    p.add_argument('--taps', default='0 1 2 3 4', help='stage 2 taps ("" for none)')
+    p.add_argument('--taps', type=int, nargs='*', default=[0, 1, 2, 3, 4],
+                   help='stage 2 taps (none: --taps with no value)')
     p.add_argument('--logit-weight', type=float, default=1.0)
     p.add_argument('--normalize-retention', action='store_true')
     p.add_argument('--calibrate', default='proj', choices=['proj', 'scale', 'none'])
@@ -217,7 +216,7 @@ def main(argv=None):
         augment='flip', mean=MEAN, std=STD, crop_pct=1.0, stage1_steps=args.stage1_steps,
         stage2_steps=args.stage2_steps, lr1=args.lr1, lr2=args.lr2, log_every=10,
         checkpoint_every=10 ** 9, normalize_retention=args.normalize_retention,
-        taps=tuple(int(t) for t in args.taps.split()), logit_weight=args.logit_weight,
+        taps=tuple(args.taps), logit_weight=args.logit_weight,
         calibrate=args.calibrate, calibration_images=args.calibration_images,
         stage1_pool=args.stage1_pool, stage2_from_pool=args.stage2_from_pool,
         warmup_fraction=args.warmup_fraction, seed=args.seed)

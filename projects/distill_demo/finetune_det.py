@@ -1,11 +1,11 @@
 """Does a distilled ViR help a detector? Fine-tune the demo detector from three backbones.
 
-    OMP_NUM_THREADS=1 python tools/distill_finetune_det.py \\
+    OMP_NUM_THREADS=1 python projects/distill_demo/finetune_det.py \\
         --student work_dirs/distill_demo/<tag>/vir_distilled.pth [--epochs 4] \\
         [--work-dir work_dirs/distill_det] [--teacher-checkpoint work_dirs/distill_demo/teacher.pth]
 
 configs/maskrcnn_vir_t_synthetic.py (ViR D=192, 6 blocks, 3 heads, patch 8, conv spatial prior +
-FPN: the shape of tools/distill_demo.py's teacher) is trained from
+FPN: the shape of projects/distill_demo/distill_demo.py's teacher) is trained from
 
   (a) random init (the config as it is),
   (b) the naive conversion of the demo teacher (convert_to_vir: weights copied, no training),
@@ -29,8 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+ROOT = Path(__file__).resolve().parents[2]
 
 CONFIG = 'configs/maskrcnn_vir_t_synthetic.py'
 DATA_ROOT = 'data/synthetic_coco'
@@ -123,10 +122,9 @@ def main(argv=None):
 
     work_dir = Path(args.work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
-               PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get('PYTHONPATH', ''))
-    subprocess.run([sys.executable, 'tools/make_synthetic_data.py', 'coco', '--out', DATA_ROOT],
-                   cwd=ROOT, env=env, check=True)
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    subprocess.run([sys.executable, 'tools/dataset_converters/make_synthetic_data.py', 'coco',
+                    '--out', DATA_ROOT], cwd=ROOT, env=env, check=True)
 
     student = torch.load(args.student, map_location='cpu', weights_only=False)
     meta = student.get('meta', {})
