@@ -6,7 +6,8 @@ nothing of images: 2D masks only need the patch grid. Every form equals `retenti
 piece (streaming.py), with the same outputs.
 """
 from .chunkwise import chunk_step, retention_chunkwise, rows_per_chunk
-from .decay import (DEFAULT_CHUNK, MASKS, MODES, PAPER_DECAY_EXPONENTS, MaskSpec, TokenLayout,
+from .decay import (DEFAULT_CHUNK, MASKS, MODES, PAPER_DECAY_EXPONENTS, PARALLEL_MAX_TOKENS,
+                    MaskSpec, TokenLayout,
                     check_mode, decay_gammas, decay_row_sums, make_layout, mask_spec,
                     resolve_mode)
 from .naive import retention_naive
@@ -16,14 +17,16 @@ from .streaming import STREAM_MODES, StreamPiece, retention_stream, stream_piece
 
 
 def retention(q, k, v, mask='causal_1d', mode='parallel', grid=None, cls_token=False,
-              chunk_size=DEFAULT_CHUNK, gamma=None, normalize=False):
+              chunk_size=DEFAULT_CHUNK, gamma=None, normalize=False, memory_budget=None):
     """Retention of (B, H, N, d) q, k, v under `mask` computed in `mode`.
 
     mask: a name in MASKS or its MaskSpec (`mask_spec(name)`, parsed once by the caller);
     grid: (rows, cols) of the patch tokens (2D masks); cls_token: the last token is a class
     token at the virtual position (cols-1, rows); mode: 'parallel', 'recurrent', 'chunkwise'
-    or 'auto' (`resolve_mode`); chunk_size: tokens per chunk (chunkwise mode, whole rows for
-    2D masks); gamma: per-head decay (default: ViR's schedule);
+    or 'auto' (`resolve_mode`); chunk_size: cells per tile (chunkwise mode; 2D masks: about
+    sqrt(chunk_size) square, 16 x 16 by default); memory_budget: bytes the chunkwise form may
+    hold at once (None: no limit; else heads and tiles are processed in slices, same result);
+    gamma: per-head decay (default: ViR's schedule);
     normalize: divide each token's output by the sum of its decay-mask row, making it a
     decay-weighted mean whose scale does not grow with the number of tokens (not in the paper;
     a per-token constant, so every form stays exact).
@@ -40,14 +43,16 @@ def retention(q, k, v, mask='causal_1d', mode='parallel', grid=None, cls_token=F
     elif mode == 'recurrent':
         out = retention_recurrent(q, k, v, gamma, mask, grid, cls_token)
     else:
-        out = retention_chunkwise(q, k, v, gamma, mask, grid, cls_token, chunk_size)
+        out = retention_chunkwise(q, k, v, gamma, mask, grid, cls_token, chunk_size,
+                                  memory_budget)
     if normalize:
         layout = make_layout(mask, q.shape[-2], grid, cls_token)
         out = out / decay_row_sums(gamma, layout, mask.causal).to(out)[:, :, None]
     return out
 
 
-__all__ = ['DEFAULT_CHUNK', 'MASKS', 'MODES', 'PAPER_DECAY_EXPONENTS', 'STREAM_MODES',
+__all__ = ['DEFAULT_CHUNK', 'MASKS', 'MODES', 'PAPER_DECAY_EXPONENTS', 'PARALLEL_MAX_TOKENS',
+           'STREAM_MODES',
            'MaskSpec', 'RecurrentState', 'StreamPiece', 'TokenLayout', 'check_mode',
            'chunk_step', 'decay_gammas', 'decay_row_sums', 'make_layout', 'mask_spec',
            'recurrent_step', 'resolve_mode', 'retention', 'retention_chunkwise',

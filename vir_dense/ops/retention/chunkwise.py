@@ -1,222 +1,379 @@
-"""Chunkwise retention: all chunks of whole grid rows at once, in a fixed number of large ops.
+"""Chunkwise retention in tiles: exact, with memory and FLOPs per token that do not grow.
 
-The sequence is laid out on its (extended) grid (decay.py) and cut into G chunks of R whole rows
-(`rows_per_chunk`), so every mask stays separable at chunk borders. For a query at row r of
-chunk g, column x:
-- inside its chunk: one batched masked matmul over all chunks, (Q K^T ⊙ D_chunk) V;
-- from the chunks above: gamma^(r+1) q . sum_x' Dx(x, x') T_g[x'], with the per-column states
-  T_g = sum_(g' < g) gamma^(R (g-g'-1)) S_g' and S_g' = sum_r' gamma^(R-1-r') k^T v (one matmul
-  for all chunks). Both sums (down the chunks, across the columns) are `decay_sum`s: Toeplitz
-  matmuls, blocked for long axes.
-- bidirectional masks add the chunks below, mirrored (gamma^(R-r), S with gamma^r').
-No loop depends on the image size: the ops per call are constant (log-growing for long axes).
+The (extended) grid (decay.py) is cut into bands of R rows and each band into tiles of R x T
+cells (`tile_shape`: about `chunk_size` cells, 16 x 16 by default; 1D masks use chunks of R
+tokens in one column). Tokens are gathered into tile-major order once per call (one index per
+layout; the class token keeps its cell, empty and padding cells read a zero token). A query in
+tile (band b, tile column t) at in-tile row r, column c reads three disjoint sets of keys:
+- its own tile: one batched masked matmul over all tiles, (Q K^T ⊙ D_tile) V;
+- the other tiles of its band (row family): the x-factor of D is rank 1 across tiles, so each
+  tile row keeps one state sum_c' gamma^(T-1-c') k^T v (mirrored for tiles on the right);
+  states are carried along the band (a strict decay sum over tile columns, gamma^T per tile),
+  mixed over the band's rows by the R x R row decay and read with gamma^(c+1);
+- the other bands (column family): the y-factor is rank 1 across bands, so each column of a
+  band keeps one state sum_r' gamma^(R-1-r') k^T v (mirrored for bands below); states are
+  carried down the bands (strict decay sum, gamma^R per band), mixed across the full width by
+  the column decay (`DecaySum`, blocked for wide grids) and read with gamma^(r+1).
+Every sum is a `DecaySum` or a batched matmul: the ops per call do not depend on the image.
 
-Transient memory per call (`transient_elements`, measured by tools/measure_retention_memory.py
-and in docs/benchmarks.md), in elements of the compute dtype, for B batch, H heads, G chunks of
-R rows and C columns (N = G R C grid cells), d head dim, s = 1 (causal) or 2 (bidirectional):
-    B H N (4 d + max(R C, 3 s d^2 / R))
-at most: q, k, v and the output on the padded grid; then either the chunk scores, or the column
-states (at most three state-sized tensors alive at once). Both terms are linear in N; 1024-token
-chunks balance them on the grids of dense prediction. Measured at 2048² (ViR-S, 6 heads, one
-call): 1,171 MiB live (formula 1,326) for bidirectional_2d, 646 MiB (714) for causal_2d.
+Cost per token and head (d head dim, L = R T, s = 1 causal / 2 bidirectional): intra-tile
+4 L d FLOPs; each family ~8 d^2 per side plus its carry and mix; ~190k FLOPs at d = 64 on every
+grid from 512² to 4096² (tools/analysis_tools/benchmark_backbone.py prints them).
+
+Transient memory per call (`transient_elements`, checked against
+tools/analysis_tools/measure_retention_memory.py), in elements of the compute dtype, for B
+batch, H heads, N_p padded cells, d head dim, split into `head_groups` slices for the state path
+and `query_groups` slices of tiles for the intra scores:
+    B H N_p (6 d + max(L / query_groups, 2 d^2 / (min(R, T) head_groups)))
+that is: q, k, v in tile order, the output and two temporaries of q's size; then either the
+intra-tile scores or two copies of one side's states (sides run one after the other).
+`memory_budget` (bytes) picks the fewest slices that fit.
 
 Training saves only q, k, v: the backward pass is three more chunkwise retentions (the gradient
-of (Q K^T ⊙ D) V is itself retention with D or D^T; D^T is D on the grid flipped in both axes),
-so no N-sized intermediate is kept between forward and backward.
+of (Q K^T ⊙ D) V is retention with D or D^T; D^T is D on the grid flipped in both axes, which
+in tile order is the reversed cell order), so no N-sized intermediate is kept.
 
-`chunk_step` streams one chunk of a causal mask through a whole model (one state per layer).
+`chunk_step` streams whole grid rows of a causal mask through a model (one state per layer).
 """
+import math
+
 import torch
 import torch.nn.functional as F
 
-from .decay import (DEFAULT_CHUNK, TokenLayout, compute_dtype, decay_powers, from_grid,
-                    make_layout, mask_spec, to_grid)
-from .decay_sum import DecaySum, toeplitz
-from .parallel import parallel_decay_mask
+from .decay import DEFAULT_CHUNK, TokenLayout, compute_dtype, decay_matrix, decay_powers, \
+    make_layout, mask_spec
+from .decay_sum import DecaySum
 
 
 def rows_per_chunk(chunk_size, cols):
+    """Whole grid rows per streamed piece of about chunk_size tokens."""
     if chunk_size < 1:
         raise ValueError(f'chunk_size must be a positive number of tokens, got {chunk_size}')
     return max(1, chunk_size // cols)
 
 
-def balanced_chunks(rows, chunk_rows):
-    """(chunks, rows per chunk): as many chunks as `chunk_rows` asks for, of balanced size
-    (less padding)."""
-    chunks = -(-rows // min(max(chunk_rows, 1), rows))
-    return chunks, -(-rows // chunks)
+def balanced_chunks(length, chunk):
+    """(pieces, length of each): as many pieces as `chunk` asks for, of balanced size."""
+    pieces = -(-length // min(max(chunk, 1), length))
+    return pieces, -(-length // pieces)
 
 
-class ChunkPlan:
-    """The constants of one chunked geometry: masks, powers and decay sums (cached)."""
+def tile_shape(chunk_size, rows, cols):
+    """(bands, R, tile columns, T) for tiles of about chunk_size cells on a rows x cols grid:
+    square where the grid is wide enough, balanced so padding stays below one row/column."""
+    if chunk_size < 1:
+        raise ValueError(f'chunk_size must be a positive number of tokens, got {chunk_size}')
+    side = min(cols, max(1, math.isqrt(chunk_size)))
+    tile_cols, width = balanced_chunks(cols, side)
+    bands, height = balanced_chunks(rows, max(1, chunk_size // side))
+    return bands, height, tile_cols, width
 
-    def __init__(self, gamma, rows, cols, chunk_rows, causal, dtype, stream=False):
-        self.chunks, self.chunk_rows = balanced_chunks(rows, chunk_rows)
-        layout = TokenLayout(self.chunk_rows, cols)
-        self.intra_mask = parallel_decay_mask(gamma, layout, causal, dtype)[None, :, None]
-        if self.chunks == 1 and not stream:
-            return
-        # Key row r weighs gamma^(R-1-r) for the chunks below (its distance to the chunk's
-        # last row), gamma^r for the chunks above; a query row reads gamma^(r+1) from above,
-        # gamma^(R-r) from below.
-        powers = decay_powers(gamma, self.chunk_rows + 1, dtype)  # gamma^0 .. gamma^R
-        key_weights = [powers[:, :-1].flip(-1)] + ([] if causal else [powers[:, :-1]])
-        self.key_weights = torch.stack(key_weights, 1)[None, :, :, None, None, None]
-        self.query_weights = [powers[:, 1:][None, :, None, None, :, None],
-                              powers[:, 1:].flip(-1)[None, :, None, None, :, None]]
-        chunk_gamma = gamma.double() ** self.chunk_rows
-        self.chunk_decay = chunk_gamma.to(dtype)[None, :, None, None, None]
+
+class _Family:
+    """Constants of one state family, per side: key weights, strict carry, query weights."""
+
+    def __init__(self, gamma, length, steps, causal, dtype):
+        shape = (1, gamma.shape[0], 1, 1, 1, length, 1)  # over dim 5 of (B, H, Gy, Gx, ., ., d)
+        powers = decay_powers(gamma, length + 1, dtype)  # gamma^0 .. gamma^length
+        # Before (above / left): keys weigh gamma^(length-1-i), queries read gamma^(i+1);
+        # after (below / right): gamma^i and gamma^(length-i).
+        keys = [powers[:, :-1].flip(-1)] + ([] if causal else [powers[:, :-1]])
+        queries = [powers[:, 1:]] + ([] if causal else [powers[:, 1:].flip(-1)])
         kinds = ['causal_strict'] + ([] if causal else ['anticausal_strict'])
-        self.carry = torch.stack([toeplitz(chunk_gamma, self.chunks, kind, dtype)
-                                  for kind in kinds], 1)[None]  # (1, H, sides, G, G)
-        self.mix_columns = DecaySum(gamma, cols, 'causal' if causal else 'symmetric', dtype)
+        self.key_weights = [w.view(shape) for w in keys]
+        self.query_weights = [w.view(shape) for w in queries]
+        step_gamma = gamma.double() ** length
+        self.carries = [DecaySum(step_gamma, steps, kind, dtype) for kind in kinds]
 
 
-def transient_elements(batch, heads, rows, cols, dim, chunk_rows, causal):
-    """The docstring's transient-memory formula, for a (rows, cols) grid."""
-    chunks, chunk_rows = balanced_chunks(rows, chunk_rows)
-    cells = chunks * chunk_rows * cols
-    states = 3 * (1 if causal else 2) * dim * dim / chunk_rows if chunks > 1 else 0
-    return int(batch * heads * cells * (4 * dim + max(chunk_rows * cols, states)))
+class TilePlan:
+    """The constants of one tiled geometry: gather indices, masks, weights, decay sums."""
+
+    def __init__(self, gamma, layout, chunk_size, causal, dtype):
+        heads = gamma.shape[0]
+        rows, cols = layout.grid_rows, layout.cols
+        self.bands, self.height, self.tile_cols, self.width = tile_shape(chunk_size, rows, cols)
+        bands, height, tile_cols, width = self.bands, self.height, self.tile_cols, self.width
+        self.cells = bands * height * tile_cols * width
+        self.num_tokens = layout.num_tokens
+        self.causal = causal
+        self.intra_mask = _tile_mask(gamma, height, width, causal, dtype)[None, :, None]
+        # Token index of every cell (num_tokens: the zero token), in both in-tile orders.
+        x, y = layout.positions()
+        x, y = x.to(gamma.device), y.to(gamma.device)
+        band, tile = y // height, x // width
+        base = (band * tile_cols + tile) * height * width
+        row_major = base + (y % height) * width + x % width
+        col_major = base + (x % width) * height + y % height
+        token = torch.arange(layout.num_tokens, device=gamma.device)
+        self.token_cells = row_major  # where each token's output is, in row-major tiles
+        self.rm_tokens = _cell_tokens(row_major, token, self.cells)
+        self.cm_tokens = _cell_tokens(col_major, token, self.cells) if bands > 1 else None
+        self.col_cells = col_major
+        # Column family (other bands): per-column states, carried down, mixed across.
+        self.columns = None
+        if bands > 1:
+            self.columns = _Family(gamma, height, bands, causal, dtype)
+            self.mix = (DecaySum(gamma, tile_cols * width, 'causal' if causal else 'symmetric',
+                                 dtype) if cols > 1 else None)
+        # Row family (other tiles of the band): per-row states, carried along, mixed over rows.
+        self.rows = None
+        if tile_cols > 1:
+            self.rows = _Family(gamma, width, tile_cols, causal, dtype)
+            self.row_mix = decay_matrix(gamma, height, causal, dtype)[None, :, None, None]
+
+
+def _tile_mask(gamma, height, width, causal, dtype):
+    """(H, L, L) decay mask inside one R x T tile (row-major cells)."""
+    from .parallel import parallel_decay_mask
+    return parallel_decay_mask(gamma, TokenLayout(height, width), causal, dtype)
+
+
+def _cell_tokens(cells, token, num_cells):
+    """Inverse of token -> cell: the token of each cell, the zero token where there is none."""
+    index = torch.full((num_cells,), token.numel(), dtype=torch.long, device=token.device)
+    return index.scatter(0, cells, token)
+
+
+def transient_elements(batch, heads, rows, cols, dim, chunk_size, causal, head_groups=1,
+                       query_groups=1):
+    """The docstring's transient-memory formula, for a (rows, cols) extended grid."""
+    bands, height, tile_cols, width = tile_shape(chunk_size, rows, cols)
+    cells = bands * height * tile_cols * width
+    shortest = min(height if bands > 1 else width, width if tile_cols > 1 else height)
+    states = 2 * dim * dim / shortest / head_groups if bands > 1 or tile_cols > 1 else 0
+    scores = height * width / query_groups
+    return int(batch * heads * cells * (6 * dim + max(scores, states)))
+
+
+def slices_for_budget(budget_bytes, batch, heads, rows, cols, dim, chunk_size, causal,
+                      element_bytes=4):
+    """(head_groups, query_groups): the fewest slices whose transient memory fits the budget."""
+    tiles = math.prod(tile_shape(chunk_size, rows, cols)[::2])
+    options = sorted(((h, q) for h in range(1, heads + 1) for q in range(1, tiles + 1)
+                      if heads % h == 0 and q <= 64), key=lambda hq: (hq[0] * hq[1], hq))
+    for head_groups, query_groups in options:
+        need = element_bytes * transient_elements(batch, heads, rows, cols, dim, chunk_size,
+                                                  causal, head_groups, query_groups)
+        if need <= budget_bytes:
+            return head_groups, query_groups
+    least = element_bytes * transient_elements(batch, heads, rows, cols, dim, chunk_size, causal,
+                                               heads, min(tiles, 64))
+    raise ValueError(f'memory_budget={budget_bytes / 2**20:.1f} MiB is below what retention '
+                     f'needs on this grid ({least / 2**20:.1f} MiB one head at a time); raise '
+                     'it or pass memory_budget=None')
 
 
 _PLANS = {}
 
 
-def chunk_plan(gamma, rows, cols, chunk_rows, causal, dtype, stream=False):
+def tile_plan(gamma, layout, chunk_size, causal, dtype):
     if torch.compiler.is_compiling():  # traced into the graph instead
-        return ChunkPlan(gamma, rows, cols, chunk_rows, causal, dtype, stream)
-    key = (tuple(gamma.tolist()), rows, cols, chunk_rows, causal, dtype, gamma.device, stream)
+        return TilePlan(gamma, layout, chunk_size, causal, dtype)
+    key = (tuple(gamma.tolist()), layout, chunk_size, causal, dtype, gamma.device)
     if key not in _PLANS:
         if len(_PLANS) >= 16:
             _PLANS.clear()
         with torch.no_grad():
-            _PLANS[key] = ChunkPlan(gamma, rows, cols, chunk_rows, causal, dtype, stream)
+            _PLANS[key] = TilePlan(gamma, layout, chunk_size, causal, dtype)
     return _PLANS[key]
 
 
-def _grid_chunkwise(q, k, v, gamma, causal, chunk_rows):
-    """Retention of (B, H, Y, C, d) grids in the compute dtype (no autograd inside)."""
-    batch, heads, rows, cols, dim = q.shape
-    plan = chunk_plan(gamma, rows, cols, chunk_rows, causal, q.dtype)
-    chunks, chunk_rows = plan.chunks, plan.chunk_rows
-    pad = chunks * chunk_rows - rows  # zero rows at the bottom: no keys, outputs cut off
-    if pad:
-        q, k, v = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (q, k, v))
-    flat = [t.reshape(batch, heads, chunks, chunk_rows * cols, dim) for t in (q, k, v)]
-    scores = (flat[0] @ flat[1].transpose(-1, -2)).mul_(plan.intra_mask)
-    out = (scores @ flat[2]).view(batch, heads, chunks, chunk_rows, cols, dim)
-    del scores
-    if chunks > 1:
-        shape = (batch, heads, chunks, chunk_rows, cols, dim)
-        out.add_(_from_other_chunks(*(t.view(shape) for t in flat), plan))
-    out = out.view(batch, heads, chunks * chunk_rows, cols, dim)
-    return out[:, :, :rows] if pad else out
+def _gather(x, cell_tokens):
+    """(B, H, N, d) tokens -> (B, H, cells, d) in tile order, zeros in empty cells."""
+    return F.pad(x, (0, 0, 0, 1)).index_select(2, cell_tokens)
 
 
-def _from_other_chunks(q, k, v, plan):
-    """What each query reads from the chunks above (and below): (B, H, G, R, C, d)."""
-    batch, heads, chunks, rows, cols, dim = q.shape
-    # Per chunk and column, sum_r w_r k^T v, one per side: (B, H, sides, G, C, d, d).
-    keys = k.permute(0, 1, 2, 4, 5, 3)[:, :, None]  # (B, H, 1, G, C, d, R)
-    sums = (keys * plan.key_weights) @ v.permute(0, 1, 2, 4, 3, 5)[:, :, None]
-    sides = sums.shape[2]
-    # States entering chunk g: decayed sums of the chunks strictly above (below) it...
-    states = plan.carry @ sums.view(batch, heads, sides, chunks, -1)
-    del sums
-    # ... mixed across the columns by the column mask.
-    mixed = plan.mix_columns(states.view(batch, heads, sides * chunks, cols, dim * dim))
-    del states
-    mixed = mixed.view(batch, heads, sides, chunks, cols, dim, dim)
-    queries = q.permute(0, 1, 2, 4, 3, 5)  # (B, H, G, C, R, d)
-    read = (queries * plan.query_weights[0]) @ mixed[:, :, 0]
-    if sides == 2:
-        read.add_((queries * plan.query_weights[1]) @ mixed[:, :, 1])
-    return read.permute(0, 1, 2, 4, 3, 5)
+def _tiled(q, k, v, plan, head_groups=1, query_groups=1, flip=False):
+    """Retention of (B, H, N, d) q, k, v in the compute dtype (no autograd inside).
+
+    flip: under D^T (the grid flipped in both axes: reversed cell order), for the backward.
+    """
+    batch, heads, _, dim = q.shape
+    bands, height, tile_cols, width = plan.bands, plan.height, plan.tile_cols, plan.width
+    tiles = (batch, heads, bands, tile_cols)
+    out = None
+    if plan.columns is not None:  # other bands, in column-major tiles
+        cm_tokens = plan.cm_tokens.flip(0) if flip else plan.cm_tokens
+        qc, kc, vc = (_gather(t, cm_tokens).view(*tiles, width, height, dim) for t in (q, k, v))
+        out = _column_family(qc, kc, vc, plan, head_groups)
+        del qc, kc, vc
+    rm_tokens = plan.rm_tokens.flip(0) if flip else plan.rm_tokens
+    qr, kr, vr = (_gather(t, rm_tokens).view(*tiles, height, width, dim) for t in (q, k, v))
+    intra = _intra_tiles(qr, kr, vr, plan, query_groups)
+    if out is None:
+        out = intra
+    else:  # column-major out + row-major intra, into a row-major tensor
+        out = intra.add_(out.transpose(4, 5))
+    if plan.rows is not None:
+        _row_family(qr, kr, vr, out, plan, head_groups)
+    del qr, kr, vr
+    cells = out.view(batch, heads, plan.cells, dim)
+    token_cells = plan.token_cells
+    if flip:
+        token_cells = plan.cells - 1 - token_cells
+    return cells.index_select(2, token_cells)
 
 
-def _flip(t):
-    return t.flip(2, 3)
+def _intra_tiles(q, k, v, plan, query_groups):
+    """Masked attention inside every tile: (B, H, Gy, Gx, R, T, d)."""
+    shape = q.shape
+    size = plan.height * plan.width
+    q, k, v = (t.view(shape[0], shape[1], -1, size, shape[-1]) for t in (q, k, v))
+    if query_groups == 1:
+        scores = (q @ k.transpose(-1, -2)).mul_(plan.intra_mask)
+        return (scores @ v).view(shape)
+    out = torch.empty_like(q)
+    step = -(-q.shape[2] // query_groups)
+    for lo in range(0, q.shape[2], step):
+        part = slice(lo, lo + step)
+        scores = (q[:, :, part] @ k[:, :, part].transpose(-1, -2)).mul_(plan.intra_mask)
+        out[:, :, part] = scores @ v[:, :, part]
+    return out.view(shape)
+
+
+def _head_slices(heads, head_groups):
+    step = heads // head_groups
+    return [slice(h, h + step) for h in range(0, heads, step)]
+
+
+def _column_family(q, k, v, plan, head_groups):
+    """What each query reads from the other bands; q, k, v (B, H, Gy, Gx, T, R, d) in
+    column-major tiles; returns the same layout."""
+    batch, heads, bands, tile_cols, width, height, dim = q.shape
+    family, out = plan.columns, torch.zeros_like(q)
+    for hs in _head_slices(heads, head_groups):
+        h = hs.stop - hs.start
+        qs, ks, vs = q[:, hs], k[:, hs], v[:, hs]
+        for side in range(len(family.carries)):
+            # Per band and column, sum_r w_r k^T v: (B, h, 1, Gy, C * d * d).
+            sums = (ks * family.key_weights[side][:, hs]).transpose(-1, -2) @ vs
+            sums = sums.view(batch, h, 1, bands, -1)
+            states = family.carries[side](sums, hs)  # entering each band from above (below)
+            del sums
+            states = states.view(batch, h, bands, tile_cols * width, dim * dim)
+            if plan.mix is not None:
+                states = plan.mix(states, hs)  # mixed across the columns by the column decay
+            read = qs @ states.view(batch, h, bands, tile_cols, width, dim, dim)
+            del states
+            out[:, hs].addcmul_(read, family.query_weights[side][:, hs])
+    return out
+
+
+def _row_family(q, k, v, out, plan, head_groups):
+    """Adds what each query reads from the other tiles of its band to `out`; q, k, v and out
+    (B, H, Gy, Gx, R, T, d) in row-major tiles."""
+    batch, heads, bands, tile_cols, height, width, dim = q.shape
+    family = plan.rows
+    for hs in _head_slices(heads, head_groups):
+        h = hs.stop - hs.start
+        qs, ks, vs = q[:, hs], k[:, hs], v[:, hs]
+        for side in range(len(family.carries)):
+            # Per tile row, sum_c w_c k^T v: (B, h, Gy, Gx, R * d * d).
+            sums = (ks * family.key_weights[side][:, hs]).transpose(-1, -2) @ vs
+            states = family.carries[side](sums.view(batch, h, bands, tile_cols, -1), hs)
+            del sums
+            states = plan.row_mix[:, hs] @ states.view(batch, h, bands, tile_cols, height, -1)
+            read = qs @ states.view(batch, h, bands, tile_cols, height, dim, dim)
+            del states
+            out[:, hs].addcmul_(read, family.query_weights[side][:, hs])
 
 
 class _ChunkwiseRetention(torch.autograd.Function):
-    """Chunkwise retention of grids that recomputes in backward instead of saving scores."""
+    """Tiled retention that recomputes in backward instead of saving scores or states."""
 
     @staticmethod
-    def forward(ctx, q, k, v, gamma, causal, chunk_rows):
+    def forward(ctx, q, k, v, plan, head_groups, query_groups):
         ctx.save_for_backward(q, k, v)
-        ctx.gamma, ctx.causal, ctx.chunk_rows = gamma, causal, chunk_rows
-        return _grid_chunkwise(q, k, v, gamma, causal, chunk_rows)
+        ctx.plan, ctx.slices = plan, (head_groups, query_groups)
+        return _tiled(q, k, v, plan, head_groups, query_groups)
 
     @staticmethod
     def backward(ctx, grad_out):
         q, k, v = ctx.saved_tensors
-        gamma, causal, chunk_rows = ctx.gamma, ctx.causal, ctx.chunk_rows
+        plan, slices = ctx.plan, ctx.slices
         grad_out = grad_out.to(q.dtype)
-
-        def transposed(a, b, c):  # retention under D^T: D on the grid flipped in both axes
-            if not causal:
-                return _grid_chunkwise(a, b, c, gamma, causal, chunk_rows)
-            return _flip(_grid_chunkwise(_flip(a), _flip(b), _flip(c), gamma, causal,
-                                         chunk_rows))
-        grad_q = _grid_chunkwise(grad_out, v, k, gamma, causal, chunk_rows)
-        grad_k = transposed(v, grad_out, q)
-        grad_v = transposed(k, q, grad_out)
+        transposed = plan.causal  # a bidirectional D is symmetric: D^T = D
+        grad_q = _tiled(grad_out, v, k, plan, *slices)
+        grad_k = _tiled(v, grad_out, q, plan, *slices, flip=transposed)
+        grad_v = _tiled(k, q, grad_out, plan, *slices, flip=transposed)
         return grad_q, grad_k, grad_v, None, None, None
 
 
-def grid_retention_chunkwise(q, k, v, gamma, causal, chunk_rows):
-    """Chunkwise retention of (B, H, Y, C, d) grids; the result has q's dtype.
+def retention_chunkwise(q, k, v, gamma, mask='causal_1d', grid=None, cls_token=False,
+                        chunk_size=DEFAULT_CHUNK, memory_budget=None):
+    """Tiled chunkwise retention of (B, H, N, d) tokens; the result has q's dtype.
 
+    chunk_size: cells per tile (2D: about sqrt(chunk_size) square). memory_budget: bytes the
+    operator may hold at once (None: no slicing); heads and tiles are then processed in slices.
     Computes in at least float32 with autocast off: bf16/fp16 sums over thousands of tokens
     lose the small terms (float32 and float64 inputs give exactly what they did before).
     """
+    mask = mask_spec(mask)
+    layout = make_layout(mask, q.shape[-2], grid, cls_token)
     dtype = compute_dtype(q.dtype)
     gamma = gamma.to(device=q.device, dtype=torch.float64)
+    plan = tile_plan(gamma, layout, chunk_size, mask.causal, dtype)
+    slices = (1, 1)
+    if memory_budget is not None:
+        slices = slices_for_budget(memory_budget, q.shape[0], q.shape[1], layout.grid_rows,
+                                   layout.cols, q.shape[-1], chunk_size, mask.causal,
+                                   torch.finfo(dtype).bits // 8)
     with torch.autocast(q.device.type, enabled=False):
-        out = _ChunkwiseRetention.apply(q.to(dtype), k.to(dtype), v.to(dtype), gamma, causal,
-                                        chunk_rows)
+        out = _ChunkwiseRetention.apply(q.to(dtype), k.to(dtype), v.to(dtype), plan, *slices)
     return out.to(q.dtype)
 
 
-def retention_chunkwise(q, k, v, gamma, mask='causal_1d', grid=None, cls_token=False,
-                        chunk_size=DEFAULT_CHUNK):
-    mask = mask_spec(mask)
-    causal = mask.causal
-    layout = make_layout(mask, q.shape[-2], grid, cls_token)
-    grids = (to_grid(t, layout) for t in (q, k, v))
-    out = grid_retention_chunkwise(*grids, gamma, causal,
-                                   rows_per_chunk(chunk_size, layout.cols))
-    return from_grid(out, layout)
-
-
-def chunk_step(q, k, v, columns, gamma, causal=True, update_state=True):
-    """One chunk of R full rows of a causal stream: q, k, v (B, H, R, C, d); columns
+def chunk_step(q, k, v, columns, gamma, causal=True, update_state=True,
+               chunk_size=DEFAULT_CHUNK):
+    """One piece of R full rows of a causal stream: q, k, v (B, H, R, C, d); columns
     (B, H, C, d, d) float32+ column states of the rows above, or None at the start.
 
-    Returns the chunk's output (compute dtype) and the column states after it (None if not
-    `update_state`, e.g. for the last chunk). A fixed number of ops per chunk.
+    Returns the piece's output (compute dtype) and the column states after it (None if not
+    `update_state`, e.g. for the last piece). A fixed number of ops per piece.
     """
     if not causal:
-        raise ValueError('only causal masks stream chunk by chunk; a bidirectional mask needs '
+        raise ValueError('only causal masks stream piece by piece; a bidirectional mask needs '
                          'the whole sequence (use retention(..., mode="chunkwise"))')
     batch, heads, rows, cols, dim = q.shape
     dtype = compute_dtype(q.dtype)
     gamma = gamma.to(device=q.device, dtype=torch.float64)
-    plan = chunk_plan(gamma, rows, cols, rows, True, dtype, stream=True)
     with torch.autocast(q.device.type, enabled=False):
         q, k, v = (t.to(dtype) for t in (q, k, v))
-        out = _grid_chunkwise(q, k, v, gamma, True, rows)
+        plan = tile_plan(gamma, TokenLayout(rows, cols), chunk_size, True, dtype)
+        out = _tiled(*(t.reshape(batch, heads, rows * cols, dim) for t in (q, k, v)), plan)
+        out = out.view(batch, heads, rows, cols, dim)
+        stream = stream_plan(gamma, rows, cols, dtype)
         if columns is not None:
-            mixed = plan.mix_columns(columns.reshape(batch, heads, 1, cols, dim * dim))
-            queries = q.permute(0, 1, 3, 2, 4) * plan.query_weights[0][:, :, 0]
+            mixed = stream.mix(columns.reshape(batch, heads, 1, cols, dim * dim))
+            queries = q.permute(0, 1, 3, 2, 4) * stream.query_weights
             read = queries @ mixed.view(batch, heads, cols, dim, dim)
             out = out + read.permute(0, 1, 3, 2, 4)
         if not update_state:
             return out, None
-        keys = k.permute(0, 1, 3, 4, 2) * plan.key_weights[:, :, 0, 0]  # (B, H, C, d, R)
+        keys = k.permute(0, 1, 3, 4, 2) * stream.key_weights  # (B, H, C, d, R)
         sums = keys @ v.permute(0, 1, 3, 2, 4)
         if columns is None:
             return out, sums
-        return out, columns * plan.chunk_decay + sums
+        return out, columns * stream.piece_decay + sums
+
+
+class _StreamPlan:
+    """Constants of a streamed piece of R rows: key/query weights, decay, column mix."""
+
+    def __init__(self, gamma, rows, cols, dtype):
+        powers = decay_powers(gamma, rows + 1, dtype)
+        self.key_weights = powers[:, :-1].flip(-1)[None, :, None, None, :]  # gamma^(R-1-r)
+        self.query_weights = powers[:, 1:][None, :, None, :, None]  # gamma^(r+1)
+        self.piece_decay = (gamma.double() ** rows).to(dtype)[None, :, None, None, None]
+        self.mix = DecaySum(gamma, cols, 'causal', dtype)
+
+
+def stream_plan(gamma, rows, cols, dtype):
+    if torch.compiler.is_compiling():
+        return _StreamPlan(gamma, rows, cols, dtype)
+    key = ('stream', tuple(gamma.tolist()), rows, cols, dtype, gamma.device)
+    if key not in _PLANS:
+        with torch.no_grad():
+            _PLANS[key] = _StreamPlan(gamma, rows, cols, dtype)
+    return _PLANS[key]

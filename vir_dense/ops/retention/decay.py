@@ -29,7 +29,8 @@ MASKS = {spec.name: spec for spec in (
     MaskSpec('bidirectional_2d', causal=False, two_d=True),
 )}
 MODES = ('parallel', 'recurrent', 'chunkwise', 'auto')
-DEFAULT_CHUNK = 1024  # tokens: on CPU, 512-2048 are within ~10% of each other at 1024²-2048²
+DEFAULT_CHUNK = 256  # cells per chunkwise tile: 16 x 16 balances scores and states (d = 64)
+PARALLEL_MAX_TOKENS = 2048  # 'auto' runs the parallel form up to this many tokens
 
 
 def mask_spec(mask):
@@ -46,18 +47,19 @@ def check_mode(mode):
         raise ValueError(f'unknown retention mode {mode!r}; choose one of {list(MODES)}')
 
 
-def resolve_mode(mode, num_tokens, chunk_size):
-    """'auto' is 'parallel' up to two chunks of tokens (one masked matmul, and autograd keeps
+def resolve_mode(mode, num_tokens, chunk_size=None):
+    """'auto' is 'parallel' up to PARALLEL_MAX_TOKENS (one masked matmul, and autograd keeps
     its scores: the fastest backward), else 'chunkwise' (linear memory, a fixed number of ops,
-    a backward that recomputes instead of keeping scores).
+    a backward that recomputes instead of keeping scores). chunk_size is not used (kept for
+    callers that pass it).
 
-    Measured (docs/benchmarks.md, ViR-S training step, chunk 1024): at 512² (1,025 tokens)
-    parallel took 4.6 s vs chunkwise 5.4 s; at 1024² (4,097 tokens) chunkwise wins.
+    Measured (docs/benchmarks.md, ViR-S): parallel is the faster form at 512² (1,025 tokens);
+    from 1024² (4,097 tokens) chunkwise wins.
     """
     check_mode(mode)
     if mode != 'auto':
         return mode
-    return 'parallel' if num_tokens <= 2 * chunk_size else 'chunkwise'
+    return 'parallel' if num_tokens <= PARALLEL_MAX_TOKENS else 'chunkwise'
 
 
 PAPER_DECAY_EXPONENTS = (5.0, 9.0)
