@@ -11,6 +11,6 @@
 # Batch 2 per GPU: 8 GPUs x 2 images = total batch 16 (the lr in the schedule is for 16).
 # We use this rather than ViTDet's large-scale jitter (LSJ, 1024x1024 crops of 0.1-2.0x
 # rescaled images): LSJ pays off over 50-100 epoch schedules, the 1x/3x recipes of the
-# small-model marks in VIR_SPEC.md (ViT-Adapter-S, Vision-RWKV-S) use this pipeline, and it is
+# small-model marks (ViT-Adapter-S, Vision-RWKV-S) use this pipeline, and it is
 # what they compare to.
 _base_ = 'mmdet::_base_/datasets/coco_instance.py'
