@@ -5,7 +5,7 @@ PYTHON := .venv/bin/python
 .PHONY: setup test demo benchmark
 
 setup:
-	bash tools/setup_env.sh
+	bash tools/misc/setup_env.sh
 
 test: setup
 	$(PYTHON) -m pytest -q -p no:cacheprovider -n auto --dist loadfile tests

@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # One-command, idempotent set-up of the project's virtual environment (called by `make setup`).
 #
-# Why each step is the way it is (measured facts: shared/ENV_NOTES.md):
-# - pip runs with the machine's pip config switched off: that config points at a local
-#   `torch+cpu` wheel whose ops break torchvision (and so timm).
-# - every install uses requirements/pins.txt as constraints, so nothing can swap torch.
+# Why each step is the way it is:
+# - pip runs with the machine's pip config switched off: a config that points at a local
+#   `torch+cpu` wheel gets a torch whose ops break torchvision (and so timm).
+# - every install uses requirements/pins.txt as constraints, so nothing can swap torch (an
+#   unpinned timm or torchvision install would pull the newest torch, whose headers need
+#   C++20, which mmcv 2.1.0's build does not accept).
 # - mmcv is built once, without build isolation (isolation silently drops the compiled ops),
 #   stripped of debug info, and cached under a key holding the torch, mmcv and Python versions:
 #   pip's own wheel cache ignores the torch version and would reuse a wheel built for another one.
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 VENV="${VENV:-$ROOT/.venv}"
 PYTHON="${PYTHON:-python3}"
 PINS="$ROOT/requirements/pins.txt"
@@ -30,7 +32,7 @@ MMCV_VERSION="$(pin_of mmcv)"
 # The stamp records what the venv was built from; if it matches and the venv still imports,
 # there is nothing to do (this is the fast second `make setup`).
 want_stamp() {
-    { cat "$PINS" "$BUILD_REQS" "$ROOT/setup.py" "$ROOT/tools/setup_env.sh"; echo "extras: $EXTRAS"; } |
+    { cat "$PINS" "$BUILD_REQS" "$ROOT/setup.py" "$ROOT/tools/misc/setup_env.sh"; echo "extras: $EXTRAS"; } |
         sha256sum | cut -d' ' -f1
 }
 
