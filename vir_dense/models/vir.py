@@ -9,18 +9,31 @@ number of large ops per block, memory linear in the tokens). With a causal mask,
 mode and a chunkwise classifier that only needs the last token stream one token (or one chunk
 of rows) through *all* blocks before the next, keeping one state per block: memory then no
 longer depends on the number of tokens.
+
+Graph capture (TorchScript, torch.fx, timm's FX feature extraction) goes through two functions
+only, `retention_op` and `resized_position_embedding` (see their docstrings): the model code
+around them uses plain types, so it scripts and traces like timm's ViT. docs/timm.md lists what
+a scripted or traced ViR does and does not do.
 """
-from dataclasses import dataclass, replace
 from functools import partial
+from typing import Dict, List, NamedTuple, Tuple
 
 import torch
+import torch.fx
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
-from timm.layers import DropPath, LayerScale, Mlp, PatchEmbed, resample_abs_pos_embed
+from timm.layers import (DropPath, LayerScale, Mlp, PatchEmbed, register_notrace_function,
+                         resample_abs_pos_embed)
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
-from vir_dense.ops.retention import (DEFAULT_CHUNK, PAPER_DECAY_EXPONENTS, MaskSpec,
+try:  # timm >= 1.0.2x records a resize in the model's traits (what its data config reads)
+    from timm.models._input import update_model_input_size
+except ImportError:  # older timm: the patch embedding's own img_size is all there is
+    def update_model_input_size(model, img_size, **model_args):
+        return None
+
+from vir_dense.ops.retention import (DEFAULT_CHUNK, PAPER_DECAY_EXPONENTS,
                                      check_mode, decay_gammas, mask_spec, resolve_mode,
                                      retention, retention_stream, stream_pieces)
 
@@ -30,15 +43,74 @@ from .convert import convert_to_vir
 __all__ = ['VisionRetention', 'ViRTrunk', 'MultiHeadRetention', 'Block', 'run_blocks']
 
 
-@dataclass
-class RetentionContext:
-    """How retention runs for one forward pass (shared by every block)."""
-    mask: MaskSpec  # parsed when the model's mask is set, not on every block call
-    mode: str
-    grid: tuple
+class RetentionContext(NamedTuple):
+    """How retention runs for one forward pass (shared by every block).
+
+    A NamedTuple of plain types (not a dataclass) so that TorchScript compiles the blocks and
+    torch.fx can carry the grid as traced values.
+    """
+    mask: str  # a name in ops.retention.MASKS
+    mode: str  # 'parallel' | 'chunkwise' | 'recurrent' | 'auto'
+    grid: Tuple[int, int]  # (rows, cols) of the patch tokens
     cls_token: bool
     chunk_size: int
     normalize: bool = False  # divide by decay-mask row sums (retention(normalize=True))
+
+
+_DECAY_CACHE: Dict[tuple, torch.Tensor] = {}
+
+
+def cached_decay(num_heads: int, exponents: Tuple[float, float], device) -> torch.Tensor:
+    """decay_gammas, kept per (heads, exponents, device) in float64: six ops per block and
+    forward otherwise. Not a buffer: model.half() would round the decay. Computed afresh
+    (in the graph) under torch.compile."""
+    if torch.compiler.is_compiling():
+        return decay_gammas(num_heads, device=device, exponents=exponents)
+    key = (num_heads, tuple(exponents), torch.device(device))
+    if key not in _DECAY_CACHE:
+        _DECAY_CACHE[key] = decay_gammas(num_heads, device=device, exponents=exponents)
+    return _DECAY_CACHE[key]
+
+
+@torch.jit.ignore
+def retention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: str, mode: str,
+                 rows: int, cols: int, cls_token: bool, chunk_size: int, normalize: bool,
+                 decay_first: float, decay_last: float) -> torch.Tensor:
+    """The model's one call into vir_dense.ops.retention, with plain arguments.
+
+    A leaf for graph capture: torch.fx (plain symbolic_trace, via torch.fx.wrap below, and
+    timm's / torchvision's feature extractors, via register_notrace_function) records one
+    call node, and TorchScript (torch.jit.ignore) calls back into Python. The operator plans
+    its work from the token count and grid (tiles, 'auto' -> parallel or chunkwise), which a
+    graph cannot hold; as a leaf it sees the real sizes on every call, so the graph runs the
+    mode the model was set to, for any input size, with the same numbers as eager.
+    Consequence (measured): a scripted ViR runs but torch.jit.save refuses it ("Could not
+    export Python function call 'retention_op'"); use torch.export / ONNX to save a graph.
+    """
+    gamma = cached_decay(q.shape[1], (decay_first, decay_last), q.device)
+    return retention(q, k, v, mask=mask, mode=mode, grid=(rows, cols), cls_token=cls_token,
+                     chunk_size=chunk_size, gamma=gamma, normalize=normalize)
+
+
+def resized_position_embedding(pos_embed: torch.Tensor, rows: int, cols: int, base_rows: int,
+                               base_cols: int) -> torch.Tensor:
+    """pos_embed (1, base_rows*base_cols, D) resized bicubically to a rows x cols grid.
+
+    An FX leaf (the size comparison inside timm's resampler cannot be traced); TorchScript
+    compiles it."""
+    return resample_abs_pos_embed(pos_embed, new_size=[rows, cols],
+                                  old_size=[base_rows, base_cols], num_prefix_tokens=0,
+                                  interpolation='bicubic')
+
+
+for _leaf in (retention_op, resized_position_embedding):
+    torch.fx.wrap(_leaf.__name__)  # plain torch.fx.symbolic_trace
+    register_notrace_function(_leaf)  # timm's and torchvision's feature-extraction tracers
+
+
+def _is_traced(value) -> bool:
+    """True while torch.fx traces (value is a Proxy); shapes are then graph values."""
+    return isinstance(value, torch.fx.Proxy)
 
 
 class MultiHeadRetention(nn.Module):
@@ -47,7 +119,7 @@ class MultiHeadRetention(nn.Module):
     def __init__(self, dim, num_heads, qkv_bias=True, proj_drop=0.0,
                  decay_exponents=PAPER_DECAY_EXPONENTS):
         super().__init__()
-        self.decay_exponents = tuple(decay_exponents)
+        self.decay_exponents = tuple(float(e) for e in decay_exponents)
         decay_gammas(num_heads, exponents=self.decay_exponents)  # fail early on bad values
         if dim % num_heads:
             raise ValueError(f'dim {dim} is not divisible by num_heads {num_heads}')
@@ -58,32 +130,26 @@ class MultiHeadRetention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
+    @torch.jit.ignore
     def gamma(self, device):
-        # Not a buffer: model.half() would round the decay. Kept per device in float64 (six
-        # ops per block and forward otherwise); traced into the graph when compiling.
-        if torch.compiler.is_compiling():
-            return decay_gammas(self.num_heads, device=device, exponents=self.decay_exponents)
-        cache = self.__dict__.setdefault('_gamma_cache', {})
-        if device not in cache:
-            cache[device] = decay_gammas(self.num_heads, device=device,
-                                         exponents=self.decay_exponents)
-        return cache[device]
+        """Per-head decay (float64) on `device`."""
+        return cached_decay(self.num_heads, self.decay_exponents, device)
 
-    def _split_heads(self, x):
-        batch, tokens, _ = x.shape
+    def _split_heads(self, x) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        batch, tokens = x.shape[0], x.shape[1]
         qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         return q * self.scale, k, v
 
     def _merge_heads(self, out):
-        batch, _, tokens, _ = out.shape
+        batch, tokens = out.shape[0], out.shape[2]
         return self.proj_drop(self.proj(out.transpose(1, 2).reshape(batch, tokens, -1)))
 
     def forward(self, x, ctx: RetentionContext):
         q, k, v = self._split_heads(x)
-        out = retention(q, k, v, mask=ctx.mask, mode=ctx.mode, grid=ctx.grid,
-                        cls_token=ctx.cls_token, chunk_size=ctx.chunk_size,
-                        gamma=self.gamma(x.device), normalize=ctx.normalize)
+        out = retention_op(q, k, v, ctx.mask, ctx.mode, ctx.grid[0], ctx.grid[1], ctx.cls_token,
+                           ctx.chunk_size, ctx.normalize, self.decay_exponents[0],
+                           self.decay_exponents[1])
         return self._merge_heads(out)
 
     def forward_stream(self, x, state, piece):
@@ -122,23 +188,33 @@ class Block(nn.Module):
         return self._mlp_branch(x + self.drop_path1(self.ls1(out))), state
 
 
+def _has_block_hooks(blocks) -> bool:
+    return any(block._forward_hooks or block._forward_pre_hooks for block in blocks)
+
+
 def run_blocks(blocks, x, ctx: RetentionContext, out_indices=(), with_cp=False,
                last_token_only=False):
-    """Run tokens x (B, N, D) through `blocks`.
+    """Run tokens x (B, N, D) through `blocks` (eager and torch.fx; TorchScript runs
+    ViRTrunk.forward_blocks).
 
     Returns (final tokens, {block index: tokens after that block} for out_indices).
     last_token_only keeps only the last token of the output (classification while streaming).
     """
-    ctx = replace(ctx, mode=resolve_mode(ctx.mode, x.shape[1], ctx.chunk_size))
+    traced = _is_traced(x)
+    if not traced:  # under torch.fx the operator resolves 'auto' when the graph runs
+        ctx = ctx._replace(mode=resolve_mode(ctx.mode, x.shape[1], ctx.chunk_size))
     taps = {}
     # Streaming (one piece through all blocks, one state per block) bounds memory when only
     # the last token is wanted, and is what recurrent mode is; dense outputs need every token
-    # anyway, so chunkwise runs block by block: a fixed number of ops per block.
-    streaming = ctx.mask.causal and (ctx.mode == 'recurrent' or
-                            (ctx.mode == 'chunkwise' and last_token_only))
+    # anyway, so chunkwise runs block by block: a fixed number of ops per block. Not in a
+    # traced graph (its pieces depend on the input size) nor when a block carries forward
+    # hooks (timm's features_only='hook'): streaming never calls Block.forward. The operator
+    # then runs the same mode over the whole sequence, block by block: same outputs.
+    streaming = (not traced and mask_spec(ctx.mask).causal and not _has_block_hooks(blocks)
+                 and (ctx.mode == 'recurrent' or (ctx.mode == 'chunkwise' and last_token_only)))
     if not streaming:
         for index, block in enumerate(blocks):
-            if with_cp and x.requires_grad:
+            if with_cp and not traced and x.requires_grad:
                 x = checkpoint(block, x, ctx, use_reentrant=False)
             else:
                 x = block(x, ctx)
@@ -169,6 +245,7 @@ class ViRTrunk(nn.Module):
     Shared by the timm classifier (VisionRetention) and the OpenMMLab backbone (mm.ViR), so
     both have the same parameter names and the same forward code.
     """
+    __jit_unused_properties__ = ['mask']  # TorchScript reads mask_name
 
     def __init__(self, img_size=224, patch_size=16, in_chans=3, embed_dim=384, depth=12,
                  num_heads=6, mlp_ratio=4.0, qkv_bias=True, init_values=1e-5, pos_drop_rate=0.0,
@@ -193,7 +270,7 @@ class ViRTrunk(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_drop = nn.Dropout(pos_drop_rate)
         drop_path = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linear rule
-        self.blocks = nn.Sequential(*[
+        self.blocks = nn.ModuleList([  # blocks take (x, ctx): no Sequential forward
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias, init_values, proj_drop_rate,
                   drop_path[i], norm_layer, act_layer or nn.GELU, decay_exponents)
             for i in range(depth)])
@@ -230,14 +307,28 @@ class ViRTrunk(nn.Module):
     @mask.setter
     def mask(self, name):
         self.mask_spec = mask_spec(name)
+        self.mask_name = self.mask_spec.name  # a plain str for scripted and traced graphs
 
-    def position_embedding(self, grid):
+    def position_embedding(self, grid: Tuple[int, int]) -> torch.Tensor:
         """pos_embed for a (rows, cols) patch grid, bicubically resized from the trained one.
 
         Resized tables are cached per grid while no gradient flows into pos_embed (inference);
         the cache key holds the parameter's version, so loading new weights invalidates it.
+        Scripted and traced graphs resize in the graph (resized_position_embedding).
         """
+        base_rows, base_cols = self.patch_embed.grid_size[0], self.patch_embed.grid_size[1]
+        if torch.jit.is_scripting():
+            return resized_position_embedding(self.pos_embed, grid[0], grid[1], base_rows,
+                                              base_cols)
+        else:
+            return self._eager_position_embedding(grid)
+
+    def _eager_position_embedding(self, grid):
         base_grid = tuple(self.patch_embed.grid_size)
+        if _is_traced(grid[0]):
+            if not self.dynamic_img_size:  # the patch embedding asserts the trained grid
+                return self.pos_embed
+            return resized_position_embedding(self.pos_embed, grid[0], grid[1], *base_grid)
         grid = tuple(grid)
         if grid == base_grid:
             return self.pos_embed
@@ -255,25 +346,44 @@ class ViRTrunk(nn.Module):
                     interpolation='bicubic')
         return self._pos_embed_cache[key]
 
-    def embed(self, x, with_cls_token=True):
+    def embed(self, x, with_cls_token: bool = True) -> Tuple[torch.Tensor, Tuple[int, int]]:
         """Image (B, C, H, W) -> tokens (B, rows*cols [+ 1], D), class token last; and the grid."""
         x = self.patch_embed(x)
-        grid = tuple(x.shape[1:3])
+        grid = (x.shape[1], x.shape[2])  # indexed, not tuple(x.shape[1:3]): traceable
         x = x.flatten(1, 2) + self.position_embedding(grid)
         if with_cls_token:
             x = torch.cat([x, self.cls_token.expand(x.shape[0], -1, -1)], dim=1)
         return self.pos_drop(x), grid
 
-    def context(self, grid, with_cls_token=True):
-        return RetentionContext(self.mask_spec, self.retention_mode, grid, with_cls_token,
+    def context(self, grid: Tuple[int, int], with_cls_token: bool = True) -> RetentionContext:
+        return RetentionContext(self.mask_name, self.retention_mode, grid, with_cls_token,
                                 self.chunk_size, self.normalize_retention)
+
+    def forward_blocks(self, x, ctx: RetentionContext, last_token_only: bool = False):
+        """All blocks on tokens x: run_blocks in eager mode and under torch.fx; a plain loop
+        when scripted (TorchScript cannot compile the streaming schedule, see run_blocks)."""
+        if torch.jit.is_scripting():
+            for block in self.blocks:
+                x = block(x, ctx)
+            if last_token_only:
+                x = x[:, -1:]
+            return x
+        else:
+            return run_blocks(self.blocks, x, ctx, with_cp=self.grad_checkpointing,
+                              last_token_only=last_token_only)[0]
 
 
 class VisionRetention(ViRTrunk):
-    """ViR classifier (timm-style); the head reads the last (class) token."""
+    """ViR classifier (timm-style); the head reads the last (class) token.
+
+    forward_features gives tokens (B, rows*cols + 1, D), class token last: `output_fmt`
+    'NLC' says so to timm (its feature wrappers and layout helpers read it), as timm's own
+    token models do. forward_intermediates and features_only (default 'getter') give NCHW maps.
+    """
 
     def __init__(self, num_classes=1000, global_pool='token', drop_rate=0.0, **kwargs):
         super().__init__(**kwargs)
+        self.output_fmt = 'NLC'
         if global_pool not in ('token', 'avg', ''):
             raise ValueError(f"global_pool must be 'token' (the last token), 'avg' or ''; "
                              f'got {global_pool!r}')
@@ -284,6 +394,9 @@ class VisionRetention(ViRTrunk):
         if num_classes > 0:
             nn.init.trunc_normal_(self.head.weight, std=0.02)
             nn.init.zeros_(self.head.bias)
+        self._set_feature_info()
+
+    def _set_feature_info(self):
         reduction = self.patch_embed.patch_size[0]
         self.feature_info = [dict(module=f'blocks.{i}', num_chs=self.embed_dim,
                                   reduction=reduction) for i in range(len(self.blocks))]
@@ -303,6 +416,25 @@ class VisionRetention(ViRTrunk):
         self.grad_checkpointing = enable
 
     @torch.jit.ignore
+    def set_input_size(self, img_size=None, patch_size=None):
+        """Change the input resolution and/or patch size, as timm's VisionTransformer does:
+        pos_embed is resampled (bicubic) to the new patch grid and stored at it, the patch
+        projection is resampled to a new patch size, and timm's record of the model's input
+        size follows. A model built without dynamic_img_size then takes the new size only."""
+        previous_grid = tuple(self.patch_embed.grid_size)
+        self.patch_embed.set_input_size(img_size=img_size, patch_size=patch_size)
+        grid = tuple(self.patch_embed.grid_size)
+        if grid != previous_grid:
+            with torch.no_grad():
+                resized = resample_abs_pos_embed(self.pos_embed, new_size=grid,
+                                                 old_size=previous_grid, num_prefix_tokens=0,
+                                                 interpolation='bicubic')
+            self.pos_embed = nn.Parameter(resized, requires_grad=self.pos_embed.requires_grad)
+        self._pos_embed_cache.clear()
+        self._set_feature_info()
+        update_model_input_size(self, self.patch_embed.img_size, patch_size=patch_size)
+
+    @torch.jit.ignore
     def get_classifier(self):
         return self.head
 
@@ -313,11 +445,9 @@ class VisionRetention(ViRTrunk):
         self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
 
     # --- forward ------------------------------------------------------------------------
-    def forward_features(self, x, last_token_only=False):
+    def forward_features(self, x, last_token_only: bool = False):
         x, grid = self.embed(x)
-        x, _ = run_blocks(self.blocks, x, self.context(grid), with_cp=self.grad_checkpointing,
-                          last_token_only=last_token_only)
-        return self.norm(x)
+        return self.norm(self.forward_blocks(x, self.context(grid), last_token_only))
 
     def forward_intermediates(self, x, indices=None, norm=False, stop_early=False,
                               output_fmt='NCHW', intermediates_only=False):
@@ -353,7 +483,7 @@ class VisionRetention(ViRTrunk):
             self.reset_classifier(0, '')
         return take_indices
 
-    def forward_head(self, x, pre_logits=False):
+    def forward_head(self, x, pre_logits: bool = False):
         if self.global_pool == 'token':
             x = x[:, -1]
         elif self.global_pool == 'avg':
@@ -370,7 +500,10 @@ class VisionRetention(ViRTrunk):
 def _cfg(**kwargs):
     return {
         'url': '', 'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': None,
-        'crop_pct': 0.9, 'interpolation': 'bicubic', 'fixed_input_size': False,
+        'crop_pct': 0.9, 'interpolation': 'bicubic',
+        # As timm's ViT: the default model takes its img_size only (dynamic_img_size=True or
+        # features_only=True lift that; timm's model traits then say fixed_input_size False).
+        'fixed_input_size': True,
         'mean': (0.5, 0.5, 0.5), 'std': (0.5, 0.5, 0.5),  # the authors' convention
         'first_conv': 'patch_embed.proj', 'classifier': 'head', 'license': 'apache-2.0',
         **kwargs,
@@ -399,13 +532,14 @@ def _checkpoint_filter_fn(state_dict, model):
 
 def _create_vir(variant, pretrained=False, **kwargs):
     kwargs = {**variant_kwargs(variant), **kwargs}  # e.g. depth=2 overrides the table
-    out_indices = kwargs.pop('out_indices', 3)
+    # A caller's feature_cfg (e.g. feature_cfg=dict(feature_cls='fx')) refines the defaults.
+    feature_cfg = {'out_indices': kwargs.pop('out_indices', 3), 'feature_cls': 'getter',
+                   **(kwargs.pop('feature_cfg', None) or {})}
     if kwargs.get('features_only'):  # a dense-feature extractor takes any input size
         kwargs.setdefault('dynamic_img_size', True)
     return build_model_with_cfg(VisionRetention, variant, pretrained,
                                 pretrained_filter_fn=_checkpoint_filter_fn,
-                                feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
-                                **kwargs)
+                                feature_cfg=feature_cfg, **kwargs)
 
 
 @register_model
