@@ -68,7 +68,10 @@ def cached_decay(num_heads: int, exponents: Tuple[float, float], device) -> torc
         return decay_gammas(num_heads, device=device, exponents=exponents)
     key = (num_heads, tuple(exponents), torch.device(device))
     if key not in _DECAY_CACHE:
-        _DECAY_CACHE[key] = decay_gammas(num_heads, device=device, exponents=exponents)
+        # A normal tensor even when first asked for under torch.inference_mode: an inference
+        # tensor could not be saved for backward when the same model trains later.
+        with torch.inference_mode(False):
+            _DECAY_CACHE[key] = decay_gammas(num_heads, device=device, exponents=exponents)
     return _DECAY_CACHE[key]
 
 
