@@ -13,6 +13,7 @@ See docs/timm.md for what a scripted or traced ViR does and does not do.
 """
 import io
 import math
+import warnings
 
 import pytest
 import timm
@@ -382,3 +383,11 @@ def test_pretrained_cfg_overlay_loads_a_local_distilled_checkpoint(tmp_path, suf
     new_head = _tiny(pretrained=True, num_classes=7, pretrained_cfg_overlay=dict(file=str(path)))
     assert torch.equal(new_head.blocks[1].mlp.fc2.weight, student.blocks[1].mlp.fc2.weight)
     assert new_head.head.weight.shape == (7, 192)
+
+
+def test_jit_trace_of_a_dynamic_model_warns_that_it_is_size_specific():
+    model = _tiny(depth=1, dynamic_img_size=True).eval()
+    with warnings.catch_warnings(record=True) as caught:  # torch's own TracerWarnings too
+        warnings.simplefilter('always')
+        torch.jit.trace(model, torch.randn(1, 3, 48, 64), check_trace=False)
+    assert any('records this ViR for a 3x4 patch grid only' in str(w.message) for w in caught)

@@ -15,6 +15,7 @@ only, `retention_op` and `resized_position_embedding` (see their docstrings): th
 around them uses plain types, so it scripts and traces like timm's ViT. docs/timm.md lists what
 a scripted or traced ViR does and does not do.
 """
+import warnings
 from functools import partial
 from typing import Dict, List, NamedTuple, Tuple
 
@@ -328,6 +329,13 @@ class ViRTrunk(nn.Module):
 
     def _eager_position_embedding(self, grid):
         base_grid = tuple(self.patch_embed.grid_size)
+        if self.dynamic_img_size and torch.jit.is_tracing():
+            warnings.warn(
+                f'torch.jit.trace records this ViR for a {grid[0]}x{grid[1]} patch grid only '
+                '(the position embedding and the retention operator are planned from it); '
+                'the traced model fails or is wrong at other sizes. Use torch.jit.script, '
+                'torch.fx or torch.export for a graph that takes any size.',
+                torch.jit.TracerWarning)
         if _is_traced(grid[0]):
             if not self.dynamic_img_size:  # the patch embedding asserts the trained grid
                 return self.pos_embed
