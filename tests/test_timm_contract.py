@@ -384,6 +384,19 @@ def test_pretrained_cfg_overlay_loads_a_local_distilled_checkpoint(tmp_path, suf
     assert torch.equal(new_head.blocks[1].mlp.fc2.weight, student.blocks[1].mlp.fc2.weight)
     assert new_head.head.weight.shape == (7, 192)
 
+    # timm's pretrained check: another channel count (timm adapts the first conv after our
+    # filter: RGB summed for one channel), and features_only.
+    for num_classes in (5, 0):
+        grey = _tiny(pretrained=True, in_chans=1, num_classes=num_classes,
+                     pretrained_cfg_overlay=dict(file=str(path)))
+        torch.testing.assert_close(grey.patch_embed.proj.weight,
+                                   student.patch_embed.proj.weight.sum(dim=1, keepdim=True))
+        assert torch.equal(grey.pos_embed, student.pos_embed)
+    features = _tiny(pretrained=True, features_only=True, out_indices=(0, 1),
+                     mask='bidirectional_2d', pretrained_cfg_overlay=dict(file=str(path)))
+    assert torch.equal(features.model.blocks[0].retention.qkv.weight,
+                       student.blocks[0].retention.qkv.weight)
+
 
 def test_jit_trace_of_a_dynamic_model_warns_that_it_is_size_specific():
     model = _tiny(depth=1, dynamic_img_size=True).eval()

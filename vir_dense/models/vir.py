@@ -525,9 +525,26 @@ def _cfg(**kwargs):
 default_cfgs = generate_default_cfgs({name: _cfg() for name in VARIANTS})
 
 
+def _patch_channels(state_dict):
+    """Input channels of a checkpoint's patch embedding (ViR/ViT or mm names), if it has one."""
+    for key, value in state_dict.items():
+        if key.endswith(('patch_embed.proj.weight', 'patch_embed.projection.weight')) and \
+                value.dim() == 4:
+            return value.shape[1]
+    return None
+
+
 def _checkpoint_filter_fn(state_dict, model):
     """timm `pretrained=True` with a local file: accept ViR, ViT/DeiT or mm checkpoints."""
-    converted, report = convert_to_vir(state_dict, model)
+    target = {name: tuple(value.shape) for name, value in model.state_dict().items()}
+    checkpoint_chans = _patch_channels(state_dict)
+    if checkpoint_chans is not None and checkpoint_chans != model.patch_embed.proj.in_channels:
+        # timm adapts the first conv (pretrained_cfg['first_conv']) after this filter, e.g.
+        # RGB weights for in_chans=1: let the checkpoint's channel count through to it.
+        weight = target['patch_embed.proj.weight']
+        target['patch_embed.proj.weight'] = (weight[0], checkpoint_chans, *weight[2:])
+    converted, report = convert_to_vir(state_dict, target,
+                                       grid=tuple(model.patch_embed.grid_size))
     print(report)
     # A ViR classifier's own head fits when its shape does (e.g. a distilled student with the
     # teacher's head); heads of other models or other class counts are never used.
