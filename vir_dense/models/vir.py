@@ -17,7 +17,7 @@ a scripted or traced ViR does and does not do.
 """
 import warnings
 from functools import partial
-from typing import Dict, List, NamedTuple, Tuple
+from typing import Dict, NamedTuple, Tuple
 
 import torch
 import torch.fx
