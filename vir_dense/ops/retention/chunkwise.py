@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 from .decay import DEFAULT_CHUNK, TokenLayout, compute_dtype, decay_matrix, decay_powers, \
     make_layout, mask_spec
-from .decay_sum import DecaySum
+from .decay_sum import BLOCK, DecaySum
 
 
 def rows_per_chunk(chunk_size, cols):
@@ -70,69 +70,101 @@ def tile_shape(chunk_size, rows, cols):
 
 
 class _Family:
-    """Constants of one state family, per side: key weights, strict carry, query weights."""
+    """One state family: lines of tile cells (tile rows for the row family, tile columns for
+    the column family) summed into d x d states per side, carried from tile to tile, mixed
+    over the lines, read by the queries of the same line.
 
-    def __init__(self, gamma, length, steps, causal, dtype):
-        shape = (1, gamma.shape[0], 1, 1, 1, length, 1)  # over dim 5 of (B, H, Gy, Gx, ., ., d)
+    A side's keys and values are gathered one tile step back (before-side) or ahead
+    (after-side), zeros where there is no such tile, so that a non-strict carry of their
+    states is the strict carry the mask needs: every step of the state path then runs in place
+    on one state tensor (`DecaySum.inplace`).
+    """
+
+    def __init__(self, gamma, length, steps, causal, dtype, mix_length, mix_block, gather,
+                 step_of_cell, cells_per_step):
+        heads = gamma.shape[0]
+        shape = (1, heads, 1, 1, 1, length, 1)  # over dim 5 of (B, H, Gy, Gx, ., ., d)
         powers = decay_powers(gamma, length + 1, dtype)  # gamma^0 .. gamma^length
         # Before (above / left): keys weigh gamma^(length-1-i), queries read gamma^(i+1);
         # after (below / right): gamma^i and gamma^(length-i).
         keys = [powers[:, :-1].flip(-1)] + ([] if causal else [powers[:, :-1]])
         queries = [powers[:, 1:]] + ([] if causal else [powers[:, 1:].flip(-1)])
-        kinds = ['causal_strict'] + ([] if causal else ['anticausal_strict'])
+        kinds = ['causal'] + ([] if causal else ['anticausal'])
         self.key_weights = [w.view(shape) for w in keys]
         self.query_weights = [w.view(shape) for w in queries]
         step_gamma = gamma.double() ** length
         self.carries = [DecaySum(step_gamma, steps, kind, dtype) for kind in kinds]
+        self.mix = None
+        if mix_length > 1:
+            self.mix = DecaySum(gamma, mix_length, 'causal' if causal else 'symmetric', dtype,
+                                block=mix_block)
+        # [side][flipped]: (key index, value index) of the shifted gathers
+        self.shifted = [[gather.shifted(flip, offset, step_of_cell, steps)
+                         for flip in (0, 1)]
+                        for offset in [cells_per_step, -cells_per_step][:len(kinds)]]
 
 
 class TilePlan:
     """The constants of one tiled geometry: gather indices, masks, weights, decay sums."""
 
     def __init__(self, gamma, layout, chunk_size, causal, dtype):
-        heads = gamma.shape[0]
         rows, cols = layout.grid_rows, layout.cols
         self.bands, self.height, self.tile_cols, self.width = tile_shape(chunk_size, rows, cols)
         bands, height, tile_cols, width = self.bands, self.height, self.tile_cols, self.width
         self.cells = bands * height * tile_cols * width
-        self.num_tokens = layout.num_tokens
         self.causal = causal
         self.intra_mask = _tile_mask(gamma, height, width, causal, dtype)[None, :, None]
-        # Token index of every cell (num_tokens: the zero token), in both in-tile orders.
-        x, y = layout.positions()
-        x, y = x.to(gamma.device), y.to(gamma.device)
-        band, tile = y // height, x // width
-        base = (band * tile_cols + tile) * height * width
+        x, y = (p.to(gamma.device) for p in layout.positions())
+        base = (y // height * tile_cols + x // width) * height * width
         row_major = base + (y % height) * width + x % width
         col_major = base + (x % width) * height + y % height
-        token = torch.arange(layout.num_tokens, device=gamma.device)
-        self.token_cells = row_major  # where each token's output is, in row-major tiles
-        self.rm_tokens = _cell_tokens(row_major, token, self.cells)
-        self.cm_tokens = _cell_tokens(col_major, token, self.cells) if bands > 1 else None
-        self.col_cells = col_major
-        # Column family (other bands): per-column states, carried down, mixed across.
+        self.gathers = [_Gather(row_major, self.cells)]
+        cell = torch.arange(self.cells, device=gamma.device)
+        tile_cells = height * width
+        # Column family (other bands): per-column states carried down the bands, mixed
+        # across the full width (blocked per tile column).
         self.columns = None
         if bands > 1:
-            self.columns = _Family(gamma, height, bands, causal, dtype)
-            self.mix = (DecaySum(gamma, tile_cols * width, 'causal' if causal else 'symmetric',
-                                 dtype) if cols > 1 else None)
-        # Row family (other tiles of the band): per-row states, carried along, mixed over rows.
+            self.gathers.append(_Gather(col_major, self.cells))
+            self.columns = _Family(gamma, height, bands, causal, dtype, tile_cols * width,
+                                   width, self.gathers[1], cell // (tile_cols * tile_cells),
+                                   tile_cols * tile_cells)
+        # Row family (other tiles of the band): per-row states carried along the band,
+        # mixed over the band's rows.
         self.rows = None
         if tile_cols > 1:
-            self.rows = _Family(gamma, width, tile_cols, causal, dtype)
-            self.row_mix = decay_matrix(gamma, height, causal, dtype)[None, :, None, None]
+            self.rows = _Family(gamma, width, tile_cols, causal, dtype, height, BLOCK,
+                                self.gathers[0], cell // tile_cells % tile_cols, tile_cells)
+
+
+class _Gather:
+    """Token <-> cell indices of one tile layout, and of the grid flipped in both axes
+    (reversed cell order), which the backward pass uses for D^T. Cells read a real token as
+    query or key (any one where a cell is empty: its value is zero) and the zero token appended
+    at index num_tokens as value."""
+
+    def __init__(self, cells, num_cells):
+        self.tokens = cells.numel()
+        token = torch.arange(self.tokens, device=cells.device)
+        values = torch.full((num_cells,), self.tokens, dtype=torch.long, device=cells.device)
+        values = values.scatter(0, cells, token)
+        self.values = [values, values.flip(0)]
+        self.keys = [v.clamp(max=self.tokens - 1) for v in self.values]
+        self.cells = [cells, num_cells - 1 - cells]
+
+    def shifted(self, flip, offset, step_of_cell, steps):
+        """(keys, values) indices of the cells one tile step back (offset > 0) or ahead,
+        empty where the step leaves the grid. The flipped grid has the same cell structure."""
+        values = self.values[flip].roll(offset)
+        outside = step_of_cell < 1 if offset > 0 else step_of_cell > steps - 2
+        values = values.masked_fill(outside, self.tokens)
+        return values.clamp(max=self.tokens - 1), values
 
 
 def _tile_mask(gamma, height, width, causal, dtype):
     """(H, L, L) decay mask inside one R x T tile (row-major cells)."""
     from .parallel import parallel_decay_mask
     return parallel_decay_mask(gamma, TokenLayout(height, width), causal, dtype)
-
-
-def _cell_tokens(cells, token, num_cells):
-    """Inverse of token -> cell: the token of each cell, the zero token where there is none."""
-    index = torch.full((num_cells,), token.numel(), dtype=torch.long, device=token.device)
-    return index.scatter(0, cells, token)
 
 
 def transient_elements(batch, heads, rows, cols, dim, chunk_size, causal, head_groups=1,
@@ -174,14 +206,9 @@ def tile_plan(gamma, layout, chunk_size, causal, dtype):
     if key not in _PLANS:
         if len(_PLANS) >= 16:
             _PLANS.clear()
-        with torch.no_grad():
+        with torch.inference_mode(False), torch.no_grad():  # kept: normal tensors
             _PLANS[key] = TilePlan(gamma, layout, chunk_size, causal, dtype)
     return _PLANS[key]
-
-
-def _gather(x, cell_tokens):
-    """(B, H, N, d) tokens -> (B, H, cells, d) in tile order, zeros in empty cells."""
-    return F.pad(x, (0, 0, 0, 1)).index_select(2, cell_tokens)
 
 
 def _tiled(q, k, v, plan, head_groups=1, query_groups=1, flip=False):
@@ -190,39 +217,39 @@ def _tiled(q, k, v, plan, head_groups=1, query_groups=1, flip=False):
     flip: under D^T (the grid flipped in both axes: reversed cell order), for the backward.
     """
     batch, heads, _, dim = q.shape
-    bands, height, tile_cols, width = plan.bands, plan.height, plan.tile_cols, plan.width
-    tiles = (batch, heads, bands, tile_cols)
-    out = None
-    if plan.columns is not None:  # other bands, in column-major tiles
-        cm_tokens = plan.cm_tokens.flip(0) if flip else plan.cm_tokens
-        qc, kc, vc = (_gather(t, cm_tokens).view(*tiles, width, height, dim) for t in (q, k, v))
-        out = _column_family(qc, kc, vc, plan, head_groups)
-        del qc, kc, vc
-    rm_tokens = plan.rm_tokens.flip(0) if flip else plan.rm_tokens
-    qr, kr, vr = (_gather(t, rm_tokens).view(*tiles, height, width, dim) for t in (q, k, v))
-    intra = _intra_tiles(qr, kr, vr, plan, query_groups)
-    if out is None:
-        out = intra
-    else:  # column-major out + row-major intra, into a row-major tensor
-        out = intra.add_(out.transpose(4, 5))
-    if plan.rows is not None:
-        _row_family(qr, kr, vr, out, plan, head_groups)
-    del qr, kr, vr
-    cells = out.view(batch, heads, plan.cells, dim)
-    token_cells = plan.token_cells
-    if flip:
-        token_cells = plan.cells - 1 - token_cells
-    return cells.index_select(2, token_cells)
+    tiles = (batch, heads, plan.bands, plan.tile_cols)
+    side = int(flip)
+    values = F.pad(v, (0, 0, 0, 1))  # the zero token that empty cells read
+    columns = None
+    if plan.columns is not None:  # other bands, read in column-major tiles
+        queries = q.index_select(2, plan.gathers[1].keys[side])
+        columns = _family(queries.view(tiles + (plan.width, plan.height, dim)), k, values,
+                          plan.columns, head_groups, side, carry_axis=2)
+        del queries
+    cells = plan.gathers[0]
+    shape = tiles + (plan.height, plan.width, dim)
+    queries = q.index_select(2, cells.keys[side]).view(shape)
+    out = _intra_tiles(queries, k.index_select(2, cells.keys[side]).view(shape),
+                       values.index_select(2, cells.values[side]).view(shape), plan,
+                       query_groups)
+    if columns is not None:  # column-major into the row-major output
+        out.add_(columns.transpose(4, 5))
+        del columns
+    if plan.rows is not None:  # other tiles of the band
+        _family(queries, k, values, plan.rows, head_groups, side, carry_axis=3, out=out)
+    return out.view(batch, heads, plan.cells, dim).index_select(2, cells.cells[side])
 
 
 def _intra_tiles(q, k, v, plan, query_groups):
     """Masked attention inside every tile: (B, H, Gy, Gx, R, T, d)."""
     shape = q.shape
     size = plan.height * plan.width
-    q, k, v = (t.view(shape[0], shape[1], -1, size, shape[-1]) for t in (q, k, v))
     if query_groups == 1:
-        scores = (q @ k.transpose(-1, -2)).mul_(plan.intra_mask)
-        return (scores @ v).view(shape)
+        q, k, v = (t.view(-1, size, shape[-1]) for t in (q, k, v))
+        scores = torch.bmm(q, k.transpose(1, 2))
+        scores.view(shape[0], shape[1], -1, size, size).mul_(plan.intra_mask)
+        return torch.bmm(scores, v).view(shape)
+    q, k, v = (t.view(shape[0], shape[1], -1, size, shape[-1]) for t in (q, k, v))
     out = torch.empty_like(q)
     step = -(-q.shape[2] // query_groups)
     for lo in range(0, q.shape[2], step):
@@ -232,51 +259,49 @@ def _intra_tiles(q, k, v, plan, query_groups):
     return out.view(shape)
 
 
-def _head_slices(heads, head_groups):
+def _family(q, k, v, family, head_groups, flip, carry_axis, out=None):
+    """What each query reads from the family's other tiles, added to `out` (a new tensor if
+    None). q and out: (B, H, A, Bt, lines, cells per line, d) tiles; k, v: (B, H, N, d) tokens
+    and the same plus a zero token, gathered per side one tile step away. The states of a
+    line's tile are carried along dim `carry_axis` (2: down the bands, then mixed across the
+    full width; 3: along the band, then mixed over the tile's rows)."""
+    batch, heads, first, second, lines, length, dim = q.shape
     step = heads // head_groups
-    return [slice(h, h + step) for h in range(0, heads, step)]
-
-
-def _column_family(q, k, v, plan, head_groups):
-    """What each query reads from the other bands; q, k, v (B, H, Gy, Gx, T, R, d) in
-    column-major tiles; returns the same layout."""
-    batch, heads, bands, tile_cols, width, height, dim = q.shape
-    family, out = plan.columns, torch.zeros_like(q)
-    for hs in _head_slices(heads, head_groups):
-        h = hs.stop - hs.start
-        qs, ks, vs = q[:, hs], k[:, hs], v[:, hs]
-        for side in range(len(family.carries)):
-            # Per band and column, sum_r w_r k^T v: (B, h, 1, Gy, C * d * d).
-            sums = (ks * family.key_weights[side][:, hs]).transpose(-1, -2) @ vs
-            sums = sums.view(batch, h, 1, bands, -1)
-            states = family.carries[side](sums, hs)  # entering each band from above (below)
-            del sums
-            states = states.view(batch, h, bands, tile_cols * width, dim * dim)
-            if plan.mix is not None:
-                states = plan.mix(states, hs)  # mixed across the columns by the column decay
-            read = qs @ states.view(batch, h, bands, tile_cols, width, dim, dim)
+    for start in range(0, heads, step):
+        hs = slice(start, start + step)
+        sliced = head_groups > 1
+        qs = q[:, hs] if sliced else q
+        for side, carry in enumerate(family.carries):
+            keys, values = family.shifted[side][flip]
+            ks = (k[:, hs] if sliced else k).index_select(2, keys)
+            vs = (v[:, hs] if sliced else v).index_select(2, values)
+            weights = family.key_weights[side]
+            ks.view(batch, step, first, second, lines, length, dim).mul_(
+                weights[:, hs] if sliced else weights)
+            states = torch.bmm(ks.view(-1, length, dim).transpose(1, 2),
+                               vs.view(-1, length, dim))  # (lines, d, d) per tile
+            del ks, vs
+            if carry_axis == 2:  # along A (bands), the rest of a band's tiles as width
+                states = carry.inplace(states.view(batch, step, 1, first, -1), hs)
+                mixed_groups = first
+            else:  # along Bt (tile columns), one group per band
+                states = carry.inplace(states.view(batch, step, first, second, -1), hs)
+                mixed_groups = first * second
+            if family.mix is not None:
+                states = family.mix.inplace(
+                    states.view(batch, step, mixed_groups, -1, dim * dim), hs)
+            read = torch.bmm(qs.reshape(-1, length, dim), states.reshape(-1, dim, dim))
             del states
-            out[:, hs].addcmul_(read, family.query_weights[side][:, hs])
+            read = read.view(batch, step, first, second, lines, length, dim)
+            weights = family.query_weights[side]
+            weights = weights[:, hs] if sliced else weights
+            if out is None:
+                out = read.mul_(weights) if not sliced else torch.zeros_like(q)
+                if sliced:
+                    out[:, hs].addcmul_(read, weights)
+            else:
+                (out[:, hs] if sliced else out).addcmul_(read, weights)
     return out
-
-
-def _row_family(q, k, v, out, plan, head_groups):
-    """Adds what each query reads from the other tiles of its band to `out`; q, k, v and out
-    (B, H, Gy, Gx, R, T, d) in row-major tiles."""
-    batch, heads, bands, tile_cols, height, width, dim = q.shape
-    family = plan.rows
-    for hs in _head_slices(heads, head_groups):
-        h = hs.stop - hs.start
-        qs, ks, vs = q[:, hs], k[:, hs], v[:, hs]
-        for side in range(len(family.carries)):
-            # Per tile row, sum_c w_c k^T v: (B, h, Gy, Gx, R * d * d).
-            sums = (ks * family.key_weights[side][:, hs]).transpose(-1, -2) @ vs
-            states = family.carries[side](sums.view(batch, h, bands, tile_cols, -1), hs)
-            del sums
-            states = plan.row_mix[:, hs] @ states.view(batch, h, bands, tile_cols, height, -1)
-            read = qs @ states.view(batch, h, bands, tile_cols, height, dim, dim)
-            del states
-            out[:, hs].addcmul_(read, family.query_weights[side][:, hs])
 
 
 class _ChunkwiseRetention(torch.autograd.Function):
@@ -374,6 +399,6 @@ def stream_plan(gamma, rows, cols, dtype):
         return _StreamPlan(gamma, rows, cols, dtype)
     key = ('stream', tuple(gamma.tolist()), rows, cols, dtype, gamma.device)
     if key not in _PLANS:
-        with torch.no_grad():
+        with torch.inference_mode(False), torch.no_grad():  # kept: normal tensors
             _PLANS[key] = _StreamPlan(gamma, rows, cols, dtype)
     return _PLANS[key]

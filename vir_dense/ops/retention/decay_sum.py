@@ -1,17 +1,29 @@
-"""Decay-weighted sums along one axis, y_i = sum_j w(i, j) x_j, as a few large matmuls.
+"""Decay-weighted sums along one axis, y_i = sum_j w(i, j) x_j, as a few batched matmuls.
 
 The weights are per head, w = gamma^|i-j| over all j ('symmetric'), over j <= i ('causal') or
 j >= i ('anticausal'); the 'strict' kinds skip j = i and count one step less,
 gamma^(i-1-j) over j < i ('causal_strict') and gamma^(j-1-i) over j > i ('anticausal_strict').
 These are the 1D factors of every retention mask: the chunkwise form carries states from tile
-to tile with the strict kinds (what enters a tile from the tiles before it) and mixes them
-across the columns with the others.
+to tile with the strict kinds (what enters a tile from the tiles before it) and mixes them over
+rows or columns with the others.
 
-A short axis is one matmul with the (H, L, L) Toeplitz matrix. A long one is cut into blocks of
-`BLOCK`: the matrix inside each block, plus a carry between blocks, a strict decay sum of one
-summary per block with decay gamma^BLOCK; a long strict sum is the non-strict one shifted by one
-step. Work is O(L * BLOCK) per element instead of O(L^2), with a fixed number of ops. Every
-power of gamma has a non-negative exponent (no gamma^-x).
+A short axis is one matmul with the (H, L, L) Toeplitz matrix. A long one is cut into blocks
+(`block`, 16 by default): the matrix inside each block, plus a carry between blocks (a strict
+decay sum of each block's summary, decay gamma^block, both directions in one matmul) spread
+back in place. Work is O(L * block) per element instead of O(L^2), with a fixed number of ops
+(three matmuls). Every power of gamma has a non-negative exponent (no gamma^-x).
+
+Inputs are (B, h, M, L, K): h of the H heads (`heads`, a slice), M independent groups. The
+per-head matrices are expanded once per (B, M, heads) and kept, so a call is a few views and
+`bmm`s.
+
+`DecaySum.inplace` computes the non-strict kinds in place (no second tensor of x's size): the
+causal sum is the solution of the bidiagonal system (I - gamma S) y = x (S shifts by one), one
+triangular solve that LAPACK does in place, i.e. the recurrence y_i = x_i + gamma y_(i-1); the
+anticausal sum is the transposed system; the symmetric one, gamma^|i-j| = P D P^T with P the
+causal sum and D = diag(1, 1 - gamma^2, ...), is an anticausal solve, a scaling and a causal
+solve. Compiled and exported graphs take the matmul form instead (same values; triangular solves
+have no ONNX translation).
 """
 import torch
 import torch.nn.functional as F
@@ -19,7 +31,7 @@ import torch.nn.functional as F
 from .decay import decay_powers
 
 KINDS = ('causal', 'anticausal', 'symmetric', 'causal_strict', 'anticausal_strict')
-DIRECT_MAX = 64  # non-strict axes up to this length: one Toeplitz matmul
+DIRECT_MAX = 64  # axes up to this length: one Toeplitz matmul
 BLOCK = 16
 
 
@@ -39,67 +51,151 @@ def toeplitz(gamma, length, kind, dtype):
     return weights.to(dtype)
 
 
+class _Batched:
+    """(H, a, b) per-head matrices laid out for `bmm` against (B, h, M, b, K) inputs."""
+
+    def __init__(self, matrix):
+        self.matrix = matrix
+        self.cache = {}
+
+    def __call__(self, batch, groups, heads):
+        if torch.compiler.is_compiling():  # traced into the graph, not cached
+            return self._expand(batch, groups, heads)
+        key = (batch, groups, heads.start, heads.stop)
+        if key not in self.cache:
+            with torch.inference_mode(False):  # kept: must serve training calls later
+                self.cache[key] = self._expand(batch, groups, heads)
+        return self.cache[key]
+
+    def _expand(self, batch, groups, heads):
+        matrix = self.matrix[heads]
+        shape = (batch, matrix.shape[0], groups) + tuple(matrix.shape[1:])
+        return matrix[None, :, None].expand(shape).reshape(-1, *matrix.shape[1:])
+
+
+def _bidiagonal(gamma, length, dtype):
+    """(H, L, L) I - gamma S: the lower bidiagonal system whose solution is the causal sum."""
+    eye = torch.eye(length, dtype=torch.float64, device=gamma.device)
+    shift = torch.diag(torch.ones(length - 1, dtype=torch.float64, device=gamma.device), -1)
+    return (eye[None] - gamma.double()[:, None, None] * shift[None]).to(dtype)
+
+
+class _Scans:
+    """In-place causal / anticausal / symmetric decay sums along dim -2 of (n, L, K) views."""
+
+    def __init__(self, gamma, length, kind, dtype):
+        self.kind = kind
+        system = _bidiagonal(gamma, length, dtype)
+        # y^T A^T = x^T (causal) and y^T A = x^T (anticausal), solved on the transposed view
+        self.causal = _Batched(system.transpose(1, 2).contiguous())
+        self.anticausal = _Batched(system)
+        if kind == 'symmetric':
+            scale = torch.full((gamma.shape[0], length), 1.0, dtype=torch.float64,
+                               device=gamma.device)
+            scale[:, 1:] = 1 - gamma.double()[:, None] ** 2
+            self.scale = scale.to(dtype)[None, :, None, :, None]  # (1, H, 1, L, 1)
+
+    def __call__(self, x, heads):
+        """x: (B, h, M, L, K) contiguous, overwritten with its decay sum."""
+        batch, _, groups, length, width = x.shape
+        rows = x.view(-1, length, width).transpose(1, 2)  # (n, K, L): LAPACK's column-major
+        if self.kind != 'causal':
+            torch.linalg.solve_triangular(self.anticausal(batch, groups, heads), rows,
+                                          upper=False, left=False, out=rows)
+        if self.kind == 'symmetric':
+            x.mul_(self.scale[:, heads])
+        if self.kind != 'anticausal':
+            torch.linalg.solve_triangular(self.causal(batch, groups, heads), rows, upper=True,
+                                          left=False, out=rows)
+        return x
+
+
 class DecaySum:
-    """The decay sum of `kind` over an axis of `length`, for (B, H, M, length, K) inputs.
+    """The decay sum of `kind` over an axis of `length`, for (B, h, M, length, K) inputs.
 
     Built once per geometry (the matrices and powers are constants of the forward pass).
     """
 
-    def __init__(self, gamma, length, kind, dtype):
+    def __init__(self, gamma, length, kind, dtype, block=BLOCK):
         if kind not in KINDS:
             raise ValueError(f'unknown decay sum {kind!r}; choose one of {KINDS}')
         self.length = length
         self.blocks = 0
-        self.shifted = None
+        self.scans = None
+        if not kind.endswith('strict'):
+            self.scans = _Scans(gamma, min(length, block) if length > DIRECT_MAX else length,
+                                kind, dtype)
         if length <= DIRECT_MAX:
-            self.matrix = toeplitz(gamma, length, kind, dtype)[None, :, None]
+            self.matrix = _Batched(toeplitz(gamma, length, kind, dtype))
             return
-        if kind.endswith('strict'):  # y_i = (non-strict sum)_(i-1), or _(i+1) if anticausal
-            self.shifted = DecaySum(gamma, length, kind[:-len('_strict')], dtype)
-            self.causal = kind.startswith('causal')
-            return
-        self.blocks = -(-length // BLOCK)
-        self.matrix = toeplitz(gamma, BLOCK, kind, dtype)[None, :, None]
-        powers = decay_powers(gamma, BLOCK + 1, dtype)  # gamma^0 .. gamma^BLOCK
-        block_gamma = gamma.double() ** BLOCK
-        gather, spread, self.carries = [], [], []
-        if kind != 'anticausal':  # blocks on the left, summarised at their last cell
-            gather.append(powers[:, :BLOCK].flip(-1))
-            spread.append(powers[:, 1:])  # gamma^(i+1)
-            self.carries.append(DecaySum(block_gamma, self.blocks, 'causal_strict', dtype))
-        if kind != 'causal':  # blocks on the right, summarised at their first cell
-            gather.append(powers[:, :BLOCK])
-            spread.append(powers[:, 1:].flip(-1))  # gamma^(BLOCK-i)
-            self.carries.append(DecaySum(block_gamma, self.blocks, 'anticausal_strict', dtype))
-        self.gather = torch.stack(gather, 1)[None, :, None]  # (1, H, 1, sides, BLOCK)
-        self.spread = torch.stack(spread, 2)[None, :, None, None]  # (1, H, 1, 1, BLOCK, sides)
+        strict = kind.endswith('strict')
+        base = kind[:-len('_strict')] if strict else kind
+        self.block = block
+        self.blocks = -(-length // block)
+        powers = decay_powers(gamma, block + 1, dtype)  # gamma^0 .. gamma^block
+        block_gamma = gamma.double() ** block
+        inside = toeplitz(gamma, block, kind, dtype)
+        gather, spread, carries = [], [], []
+        if base != 'anticausal':  # blocks on the left, summarised at their last cell
+            gather.append(powers[:, :block].flip(-1))
+            # cell i of a block sees the summary carried from the left at distance i + 1
+            # (strict: i), since the summary sits one step before the block's first cell
+            spread.append(powers[:, :block] if strict else powers[:, 1:])
+            carries.append(toeplitz(block_gamma, self.blocks, 'causal_strict', dtype))
+        if base != 'causal':  # blocks on the right, summarised at their first cell
+            gather.append(powers[:, :block])
+            spread.append(powers[:, :block].flip(-1) if strict else powers[:, 1:].flip(-1))
+            carries.append(toeplitz(block_gamma, self.blocks, 'anticausal_strict', dtype))
+        sides = len(carries)
+        # Both sides' carries as one block-diagonal matmul over (blocks, sides) rows.
+        carry = torch.zeros(gamma.shape[0], self.blocks, sides, self.blocks, sides, dtype=dtype,
+                            device=gamma.device)
+        for side, matrix in enumerate(carries):
+            carry[:, :, side, :, side] = matrix
+        self.inside = _Batched(inside)
+        self.gather = _Batched(torch.stack(gather, 1))  # (H, sides, block)
+        self.carry = _Batched(carry.view(gamma.shape[0], self.blocks * sides, -1))
+        self.spread = _Batched(torch.stack(spread, 2))  # (H, block, sides)
+        self.sides = sides
 
     def __call__(self, x, heads=slice(None)):
         """x: (B, h, M, length, K); heads: which of the H heads x holds (a slice)."""
-        if self.shifted is not None:
-            y = self.shifted(x, heads)
-            if self.causal:
-                return F.pad(y[:, :, :, :-1], (0, 0, 1, 0))
-            return F.pad(y[:, :, :, 1:], (0, 0, 0, 1))
+        batch, num_heads, groups, length, width = x.shape
         if not self.blocks:
-            return self.matrix[:, heads] @ x
-        batch, heads_in, groups, length, width = x.shape
-        padded = self.blocks * BLOCK
+            out = torch.bmm(self.matrix(batch, groups, heads), x.reshape(-1, length, width))
+            return out.view(x.shape)
+        padded = self.blocks * self.block
         if padded != length:  # zero cells at the end add nothing and are cut off again
             x = F.pad(x, (0, 0, 0, padded - length))
-        cells = x.reshape(batch, heads_in, groups * self.blocks, BLOCK, width)
-        out = (self.matrix[:, heads] @ cells).view(batch, heads_in, groups, self.blocks, BLOCK,
-                                                   width)
-        summaries = (self.gather[:, heads] @ cells).view(batch, heads_in, groups, self.blocks,
-                                                         -1, width)
-        carries = torch.stack([carry(summaries[:, :, :, :, side], heads)
-                               for side, carry in enumerate(self.carries)], 4)
-        # out += spread @ carries, accumulated in place (no second output-sized tensor)
-        spread = self.spread[:, heads].expand(batch, heads_in, groups, self.blocks, -1, -1)
-        out.view(-1, BLOCK, width).baddbmm_(spread.reshape(-1, *spread.shape[-2:]),
-                                            carries.view(-1, *carries.shape[-2:]))
-        out = out.view(batch, heads_in, groups, padded, width)
+        cells = x.reshape(-1, self.block, width)
+        blocks = groups * self.blocks
+        out = torch.bmm(self.inside(batch, blocks, heads), cells)
+        summaries = torch.bmm(self.gather(batch, blocks, heads), cells)
+        carried = torch.bmm(self.carry(batch, groups, heads),
+                            summaries.view(-1, self.blocks * self.sides, width))
+        # out += spread @ carried, in place (no second output-sized tensor)
+        out.baddbmm_(self.spread(batch, blocks, heads), carried.view(-1, self.sides, width))
+        out = out.view(batch, num_heads, groups, padded, width)
         return out if padded == length else out[:, :, :, :length]
+
+
+    def inplace(self, x, heads=slice(None)):
+        """The same sum, written into x (B, h, M, length, K), which must be contiguous; for
+        the non-strict kinds. Returns x (or a new tensor where the matmul form runs)."""
+        padded = self.blocks * self.block if self.blocks else self.length
+        if self.scans is None or torch.compiler.is_compiling() or padded != self.length:
+            return self(x, heads)
+        if not self.blocks:
+            return self.scans(x, heads)
+        batch, num_heads, groups, length, width = x.shape
+        blocks = groups * self.blocks
+        cells = x.view(-1, self.block, width)
+        summaries = torch.bmm(self.gather(batch, blocks, heads), cells)
+        self.scans(x.view(batch, num_heads, blocks, self.block, width), heads)  # inside
+        carried = torch.bmm(self.carry(batch, groups, heads),
+                            summaries.view(-1, self.blocks * self.sides, width))
+        cells.baddbmm_(self.spread(batch, blocks, heads), carried.view(-1, self.sides, width))
+        return x
 
 
 def decay_sum(x, gamma, kind):

@@ -19,7 +19,7 @@ def parallel_decay_mask(gamma, layout, causal, dtype):
     key = (tuple(gamma.tolist()), layout, causal, dtype, gamma.device)
     mask = _MASK_CACHE.get(key)
     if mask is None:
-        with torch.no_grad():
+        with torch.inference_mode(False), torch.no_grad():  # kept: normal tensors
             mask = _build_mask(gamma, layout, causal, dtype)
         if len(_MASK_CACHE) >= _MASK_CACHE_SIZE:
             _MASK_CACHE.pop(next(iter(_MASK_CACHE)))
