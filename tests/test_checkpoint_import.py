@@ -380,6 +380,9 @@ def test_convert_tool_vit_to_backbone_file(tmp_path, capsys, dst_name):
     printed = capsys.readouterr().out
     assert 'pos_embed 4x4 -> 2x4' in printed and 'filled' in printed
     assert os.listdir(dst.parent) == [dst_name]  # atomic write: no temp file left
+    # one meta encoding in both formats: plain JSON values
+    assert ckpt.read_vir_meta(dst) == dict(converted_from='deit.pth', grid='2x4', embed_dim=DIM,
+                                           depth=DEPTH)
     model = TinyViR(grid=(2, 4))
     report = load_pretrained(model, str(dst))
     assert report.source_format == 'timm ViR' and report.num_loaded == report.num_expected
@@ -408,6 +411,25 @@ def test_convert_tool_trusted_pickle_and_arch_check(tmp_path, capsys):
     assert out['meta']['grid'] == '4x4' and 'head.weight' not in out['state_dict']
     report = load_pretrained(TinyViR(), str(tmp_path / 'c.pth'))
     assert report.missing == [] and report.container == 'state_dict'
+
+
+def test_vir_meta_of_older_safetensors_files_still_reads(tmp_path):
+    # an older converter stored each meta value with str(): numbers read back as numbers,
+    # other text as it was
+    path = tmp_path / 'old.safetensors'
+    save_file({'cls_token': torch.zeros(1, 1, DIM)}, str(path),
+              metadata=dict(converted_from='deit.pth', grid='4x4', embed_dim=str(DIM)))
+    assert ckpt.read_vir_meta(path) == dict(converted_from='deit.pth', grid='4x4', embed_dim=DIM)
+
+
+def test_atomic_write_keeps_the_old_file_when_the_writer_fails(tmp_path):
+    path = tmp_path / 'latest.pth'
+    path.write_bytes(b'old')
+    with pytest.raises(RuntimeError, match='killed'):
+        with ckpt.atomic_write(path) as tmp:
+            open(tmp, 'wb').write(b'half')
+            raise RuntimeError('killed mid-save')
+    assert path.read_bytes() == b'old' and os.listdir(tmp_path) == ['latest.pth']
 
 
 def test_report_is_readable():

@@ -16,20 +16,14 @@ methods and refuses everything else.
 
 Nothing here changes how checkpoints are *written*: the files are plain mmengine checkpoints
 that a fresh interpreter with only torch + mmengine opens (`torch.load(weights_only=False)`,
-`mmengine.runner.load_checkpoint`); tests/test_checkpoint_compat.py and tests/test_det_train.py
-check that in a process that never imports vir_dense (docs/resume.md). (An earlier version of this module changed HistoryBuffer's pickled
-state; files written then hold a list of names where mmengine expects a dict, and do not load
-any more: train them again or re-save them with that older version.)
-
-Checkpoints are also written atomically: mmengine's local file backend writes in place, so a
-run killed mid-save would leave a truncated `latest` checkpoint that breaks `--resume`.
+`mmengine.runner.load_checkpoint`); tests/test_checkpoint_compat.py and
+tests/test_det_train.py check that in a process that never imports vir_dense (docs/resume.md).
+(An earlier version of this module changed HistoryBuffer's pickled state; files written then
+hold a list of names where mmengine expects a dict, and do not load any more: train them again
+or re-save them with that older version.)
 """
-import os
-import tempfile
-
 import numpy as np
 import torch
-from mmengine.fileio import LocalBackend, register_backend
 from mmengine.logging.history_buffer import HistoryBuffer
 
 
@@ -65,31 +59,4 @@ def allow_mmengine_checkpoint_types():
     torch.serialization.add_safe_globals(mmengine_safe_globals())
 
 
-class AtomicLocalBackend(LocalBackend):
-    """LocalBackend whose writes go to a temporary file first, then replace the target."""
-
-    def _atomic_write(self, data, filepath, mode):
-        filepath = str(filepath)
-        directory = os.path.dirname(os.path.abspath(filepath))
-        os.makedirs(directory, exist_ok=True)
-        handle, tmp_path = tempfile.mkstemp(prefix='.tmp-', dir=directory)
-        try:
-            with os.fdopen(handle, mode) as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp_path, filepath)
-        except BaseException:
-            if os.path.exists(tmp_path):
-                os.remove(tmp_path)
-            raise
-
-    def put(self, obj, filepath):
-        self._atomic_write(obj, filepath, 'wb')
-
-    def put_text(self, obj, filepath, encoding='utf-8'):
-        self._atomic_write(obj.encode(encoding), filepath, 'wb')
-
-
 allow_mmengine_checkpoint_types()
-register_backend('local', AtomicLocalBackend, force=True)

@@ -4,7 +4,8 @@
         [--arch small] [--prefix backbone.] [--trust-pickle]
 
 SRC is a local file or ``timm/<model_name>``. DST ending in ``.safetensors`` is written with
-safetensors, anything else as a ``.pth`` holding ``{'state_dict': ..., 'meta': ...}``.
+safetensors, anything else as a ``.pth`` holding ``{'state_dict': ..., 'meta': ...}``
+(``vir_dense.models.checkpoint_files.save_vir_checkpoint``).
 The backbone loader reads every source directly; converting is useful to resize the position
 embedding once, to shrink a full detector checkpoint to its backbone, or to turn a trusted
 pickle that the weights-only loader refuses (``--trust-pickle``) into a safe file.
@@ -12,13 +13,10 @@ pickle that the weights-only loader refuses (``--trust-pickle``) into a safe fil
 import argparse
 import os
 import sys
-import tempfile
-
-import torch
 
 from vir_dense.models.archs import ARCHS
 from vir_dense.models.checkpoint_files import (read_checkpoint, resolve_checkpoint,
-                                               unwrap_state_dict)
+                                               save_vir_checkpoint, unwrap_state_dict)
 from vir_dense.models.convert import convert_to_vir, infer_vir_shapes
 
 
@@ -28,29 +26,6 @@ def parse_grid(text):
     except ValueError:
         raise argparse.ArgumentTypeError(f'grid must look like 32x32, got {text!r}')
     return rows, cols
-
-
-def save_atomic(state_dict, dst, meta):
-    """Write next to DST, then os.replace: an interrupted run never leaves a half file."""
-    folder = os.path.dirname(os.path.abspath(dst))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(dst) + '.', suffix='.tmp')
-    os.close(fd)
-    # safetensors refuses views sharing storage (e.g. the sliced pos_embed): store copies.
-    tensors = {k: v.detach().contiguous().clone() for k, v in state_dict.items()}
-    try:
-        if dst.endswith('.safetensors'):
-            from safetensors.torch import save_file
-            save_file(tensors, tmp, metadata={k: str(v) for k, v in meta.items()})
-        else:
-            torch.save({'state_dict': tensors, 'meta': meta}, tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual file mode
-        os.replace(tmp, dst)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def main(argv=None):
@@ -85,9 +60,9 @@ def convert(args):
     report.container = container
     print(report)
     meta = dict(converted_from=os.path.basename(src), grid=f'{grid[0]}x{grid[1]}',
-                embed_dim=str(shapes['cls_token'][-1]), depth=str(sum(
-                    1 for k in shapes if k.endswith('.norm1.weight'))))
-    save_atomic(converted, args.dst, meta)
+                embed_dim=shapes['cls_token'][-1],
+                depth=sum(1 for k in shapes if k.endswith('.norm1.weight')))
+    save_vir_checkpoint(converted, args.dst, meta)
     print(f'wrote {len(converted)} tensors to {args.dst}')
     return 0
 

@@ -3,18 +3,18 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 import time
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
 
+from ..models.checkpoint_files import atomic_write, save_vir_checkpoint
 from .data import ImageFolderDataset, build_transform, step_batches, steps_per_epoch
 from .models import (BlockMatching, DistillError, FeatureMatching, build_student, load_teacher,
                      trainable_stage_parameters)
 
-__all__ = ['DistillConfig', 'distill', 'save_vir_checkpoint', 'atomic_torch_save']
+__all__ = ['DistillConfig', 'distill', 'save_vir_checkpoint']
 
 LATEST = 'latest.pth'
 
@@ -68,53 +68,6 @@ class DistillConfig:
     seed: int = 0
     resume: Optional[str] = None             # 'auto' (work_dir/latest.pth) or a path
     device: str = 'auto'
-
-
-# --------------------------------------------------------------------------- files
-def atomic_torch_save(obj, path: str) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then os.replace: a run killed
-    mid-save leaves the previous file intact, never a truncated one."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path) + '.',
-                                   suffix='.tmp')
-    try:
-        with os.fdopen(handle, 'wb') as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def save_vir_checkpoint(student, path: str, meta: Optional[dict] = None) -> str:
-    """The timm ViR state dict, as ``{'state_dict', 'meta'}`` (.pth) or safetensors (meta as
-    strings). Both the mm backbone's Pretrained init_cfg and timm's pretrained_cfg_overlay
-    file load it."""
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in student.state_dict().items()}
-    meta = dict(meta or {})
-    if path.endswith('.safetensors'):
-        from safetensors.torch import save_file
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(dir=folder, prefix='.tmp-', suffix='.safetensors')
-        os.close(handle)
-        try:
-            save_file(tensors, tmp, metadata={k: json.dumps(v) for k, v in meta.items()})
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
-    else:
-        atomic_torch_save({'state_dict': tensors, 'meta': meta}, path)
-    return path
 
 
 # --------------------------------------------------------------------------- helpers
@@ -375,11 +328,10 @@ def distill(cfg: DistillConfig, printer: Callable[[str], None] = print) -> Dict:
                 progress = dict(stage=stage + 1 if at_end else stage,
                                 step=0 if at_end else done, seconds=seconds, cpu_seconds=cpu)
                 if rank == 0:
-                    atomic_torch_save(dict(student=student.state_dict(),
-                                           optimizer=optimizer.state_dict(),
-                                           progress=progress,
-                                           config=_jsonable(dataclasses.asdict(cfg))),
-                                      os.path.join(cfg.work_dir, LATEST))
+                    with atomic_write(os.path.join(cfg.work_dir, LATEST)) as tmp:
+                        torch.save(dict(student=student.state_dict(),
+                                        optimizer=optimizer.state_dict(), progress=progress,
+                                        config=_jsonable(dataclasses.asdict(cfg))), tmp)
                 # saving is not counted as training time
                 clock, cpu_clock = time.perf_counter(), time.process_time()
         module.close()

@@ -1,19 +1,26 @@
-"""Reading checkpoint files weights-only, and resolving names (paths, URLs, ``timm/<model>``).
+"""Checkpoint files: reading them weights-only, writing them atomically, resolving names
+(paths, URLs, ``timm/<model>``).
 
 Knows nothing of the model or of OpenMMLab: it turns a name into a local file and a file into
-a plain ``{name: tensor}`` dict, refusing pickles that need arbitrary Python objects.
+a plain ``{name: tensor}`` dict, refusing pickles that need arbitrary Python objects; and it
+writes the one ViR checkpoint format (``save_vir_checkpoint``) through the one atomic write
+(``atomic_write``) that every checkpoint writer of the project uses.
 """
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import pickle
 import re
-from typing import Dict, Mapping, Optional, Tuple, Union
+import tempfile
+from typing import Dict, Iterator, Mapping, Optional, Tuple, Union
 
 import torch
 
-__all__ = ['read_checkpoint', 'unwrap_state_dict', 'load_checkpoint_file', 'resolve_checkpoint']
+__all__ = ['read_checkpoint', 'unwrap_state_dict', 'load_checkpoint_file', 'resolve_checkpoint',
+           'atomic_write', 'save_vir_checkpoint', 'read_vir_meta']
 
 # Containers that wrap a state dict, plain weights before EMA weights.
 _PLAIN_CONTAINERS = ('state_dict', 'model', 'module')
@@ -83,6 +90,72 @@ def load_checkpoint_file(path: Union[str, os.PathLike], map_location='cpu') -> d
     if container:
         logging.getLogger(__name__).info('%s: using the weights under %r', path, container)
     return state_dict
+
+
+# --------------------------------------------------------------------------- writing
+
+
+@contextlib.contextmanager
+def atomic_write(path: Union[str, os.PathLike]) -> Iterator[str]:
+    """Yield a temporary path next to ``path``; once the block has written it, the file is
+    synced and renamed over ``path``. A writer killed mid-way leaves the previous file intact,
+    never a truncated one (a truncated ``latest`` checkpoint would break a resume)."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=folder, prefix=f'.{os.path.basename(path)}.', suffix='.tmp')
+    os.close(handle)
+    try:
+        yield tmp
+        with open(tmp, 'rb+') as f:
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file 0600; give the usual mode
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_vir_checkpoint(weights, path: Union[str, os.PathLike],
+                        meta: Optional[Mapping] = None) -> str:
+    """Write a ViR checkpoint: ``weights`` (a state dict, or a module whose state dict is
+    taken) as ``{'state_dict': ..., 'meta': ...}`` in a ``.pth`` file, or as a ``.safetensors``
+    file whose metadata holds each ``meta`` value JSON-encoded. The backbone's Pretrained
+    init_cfg, timm's ``pretrained_cfg_overlay=dict(file=...)`` and :func:`read_vir_meta` read
+    both. ``meta`` values must be JSON-serialisable."""
+    path = os.fspath(path)
+    state_dict = weights.state_dict() if hasattr(weights, 'state_dict') else weights
+    # safetensors refuses views sharing storage (e.g. a sliced pos_embed): store copies.
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
+    meta = json.loads(json.dumps(dict(meta or {})))  # plain JSON types in both formats
+    with atomic_write(path) as tmp:
+        if path.endswith('.safetensors'):
+            from safetensors.torch import save_file
+            save_file(tensors, tmp, metadata={k: json.dumps(v) for k, v in meta.items()})
+        else:
+            torch.save({'state_dict': tensors, 'meta': meta}, tmp)
+    return path
+
+
+def read_vir_meta(path: Union[str, os.PathLike]) -> dict:
+    """The ``meta`` of a file written by :func:`save_vir_checkpoint`. Older safetensors files
+    stored some values with ``str()``: a value that is not JSON is returned as its string."""
+    path = os.fspath(path)
+    if path.endswith('.safetensors'):
+        from safetensors import safe_open
+        with safe_open(path, framework='pt') as f:
+            raw = f.metadata() or {}
+        meta = {}
+        for key, text in raw.items():
+            try:
+                meta[key] = json.loads(text)
+            except ValueError:
+                meta[key] = text
+        return meta
+    obj = read_checkpoint(path)
+    return dict(obj.get('meta') or {}) if isinstance(obj, Mapping) else {}
 
 
 # --------------------------------------------------------------------------- resolving names
