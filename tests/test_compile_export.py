@@ -3,7 +3,8 @@ models use, with the eager outputs and gradients.
 
 The graphs are checked with the 'aot_eager' backend (Dynamo's full tracing and AOTAutograd,
 the same graph breaks as inductor) to keep the suite fast; inductor's compile time and
-compiled latency are measured in docs/benchmarks.md (tools/benchmark_backbone.py --compile).
+compiled latency are measured in docs/benchmarks.md
+(tools/analysis_tools/benchmark_backbone.py --compile).
 """
 import pytest
 import timm
