@@ -209,7 +209,7 @@ def test_decay_sums_equal_the_matrix_product(kind, gamma):
     """Direct (short axes) and blocked (long axes, also lengths that are not whole blocks)
     decay sums equal the dense weight matrix written from the definition, also where powers
     of gamma underflow."""
-    from vir_dense.ops.retention.decay_sum import BLOCK, DIRECT_MAX, decay_sum
+    from vir_dense.ops.retention.decay_sum import BLOCK, DIRECT_MAX, DecaySum, decay_sum
     gamma = torch.tensor(gamma, dtype=torch.float64)
     for length in [1, 7, DIRECT_MAX, DIRECT_MAX + 1, 5 * BLOCK, 40 * BLOCK + 3]:
         i = torch.arange(length, dtype=torch.float64)[:, None]
@@ -222,6 +222,12 @@ def test_decay_sums_equal_the_matrix_product(kind, gamma):
         expected = torch.einsum('hij,bhmjk->bhmik', weights, x)
         torch.testing.assert_close(decay_sum(x, gamma, kind), expected, rtol=1e-10,
                                    atol=1e-12, msg=f'length {length}')
+        if not kind.endswith('strict'):  # in place (triangular solves), also for one head
+            summed = DecaySum(gamma, length, kind, torch.float64)
+            torch.testing.assert_close(summed.inplace(x.clone()), expected, rtol=1e-10,
+                                       atol=1e-12, msg=f'in place, length {length}')
+            torch.testing.assert_close(summed.inplace(x[:, 1:].clone(), slice(1, 2)),
+                                       expected[:, 1:], rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize('mask', list(MASKS))
@@ -241,18 +247,113 @@ def test_wide_grids_and_many_chunks_match_naive(mask):
 
 
 def test_auto_mode_picks_parallel_for_short_sequences_and_chunkwise_above():
-    from vir_dense.ops.retention import resolve_mode
-    assert resolve_mode('auto', 1025, 1024) == 'parallel'  # a 512² crop with its class token
+    from vir_dense.ops.retention import PARALLEL_MAX_TOKENS, resolve_mode
+    assert PARALLEL_MAX_TOKENS == 2048
+    assert resolve_mode('auto', 1025) == 'parallel'  # a 512² crop with its class token
     assert resolve_mode('auto', 2048, 1024) == 'parallel'
-    assert resolve_mode('auto', 2049, 1024) == 'chunkwise'
+    assert resolve_mode('auto', 2049, 16) == 'chunkwise'
     assert resolve_mode('recurrent', 10, 1024) == 'recurrent'
-    grid = (9, 8)
-    q, k, v = _qkv(grid[0] * grid[1] + 1, torch.float64)
-    reference = retention_naive(q, k, v, decay_gammas(3), 'bidirectional_2d', grid, True)
-    for chunk_size in (8, 100):  # chunkwise, then parallel
-        out = retention(q, k, v, mask='bidirectional_2d', mode='auto', grid=grid,
-                        cls_token=True, chunk_size=chunk_size)
-        torch.testing.assert_close(out, reference, rtol=0, atol=1e-10)
+
+
+# Tile geometry: (grid, chunk_size) with tiles that do not divide the grid, one band, one tile
+# column, single rows and columns, and many tiles both ways (wide blocked column mixes).
+TILED = [((9, 70), 16), ((17, 33), 16), ((1, 40), 9), ((40, 1), 9), ((5, 5), 4),
+         ((13, 11), 30), ((6, 80), 4), ((3, 7), 1)]
+SCHEDULES = {'vir': decay_gammas(3), 'local': decay_gammas(3, exponents=(1, 5))}
+
+
+@pytest.mark.parametrize('mask', list(MASKS))
+@pytest.mark.parametrize('schedule', list(SCHEDULES))
+def test_tiled_geometries_match_naive(mask, schedule):
+    """Every tile geometry, with and without class token, both decay schedules, with and
+    without autograd, and under head/tile slices, equals the float64 reference."""
+    from vir_dense.ops.retention.chunkwise import _tiled, tile_plan
+    gamma = SCHEDULES[schedule]
+    spec = mask_spec(mask)
+    for (grid, chunk_size), cls_token in itertools.product(TILED, [False, True]):
+        q, k, v = _qkv(grid[0] * grid[1] + cls_token, torch.float64, dim=4, batch=1)
+        reference = retention_naive(q, k, v, gamma, mask, grid, cls_token)
+        for grad in (True, False):
+            with torch.set_grad_enabled(grad):
+                out = retention(q, k, v, mask=mask, mode='chunkwise', grid=grid,
+                                cls_token=cls_token, chunk_size=chunk_size, gamma=gamma)
+            torch.testing.assert_close(out, reference, rtol=0, atol=1e-10,
+                                       msg=f'{grid} chunk {chunk_size} grad {grad}')
+        layout = make_layout(spec, q.shape[2], grid, cls_token)
+        plan = tile_plan(gamma, layout, chunk_size, spec.causal, torch.float64)
+        for slices in [(3, 1), (1, 2), (3, 3)]:
+            torch.testing.assert_close(_tiled(q, k, v, plan, *slices), reference, rtol=0,
+                                       atol=1e-10, msg=f'{grid} slices {slices}')
+
+
+@pytest.mark.parametrize('mask', list(MASKS))
+def test_tiled_gradients_match_naive(mask):
+    """The recompute backward (three more tiled calls; D^T as the reversed cell order for
+    causal masks) gives the reference gradients on grids with padding in both axes."""
+    gamma = SCHEDULES['local']
+    for (grid, chunk_size), cls_token in itertools.product(TILED[:4], [False, True]):
+        tensors = _qkv(grid[0] * grid[1] + cls_token, torch.float64, dim=4, batch=1)
+        weights = torch.randn_like(tensors[0])
+        grads = []
+        for form in ('naive', 'chunkwise'):
+            inputs = [t.clone().requires_grad_(True) for t in tensors]
+            if form == 'naive':
+                out = retention_naive(*inputs, gamma, mask, grid, cls_token)
+            else:
+                out = retention(*inputs, mask=mask, mode='chunkwise', grid=grid,
+                                cls_token=cls_token, chunk_size=chunk_size, gamma=gamma)
+            (out * weights).sum().backward()
+            grads.append([t.grad for t in inputs])
+        for expected, got in zip(*grads):
+            torch.testing.assert_close(got, expected, rtol=0, atol=1e-10,
+                                       msg=f'{grid} chunk {chunk_size}')
+
+
+def test_memory_budget_slices_and_names_an_impossible_budget():
+    """A budget between the least and the unsliced transient memory picks slices that fit and
+    gives the same result; a budget below the least is refused with the fix named."""
+    from vir_dense.ops.retention.chunkwise import slices_for_budget, transient_elements
+    geometry = (1, 6, 10, 16, 64, 16, False)  # (9, 16) grid + class row, 4 x 4 tiles, d = 64
+    full = 8 * transient_elements(*geometry)
+    least = 8 * transient_elements(*geometry, 6, 16)
+    assert least < full / 2
+    assert slices_for_budget(full, *geometry, element_bytes=8) == (1, 1)
+    budget = (least + full) // 2
+    head_groups, query_groups = slices_for_budget(budget, *geometry, element_bytes=8)
+    assert head_groups * query_groups > 1
+    assert 8 * transient_elements(*geometry, head_groups, query_groups) <= budget
+    q, k, v = _qkv(9 * 16 + 1, torch.float64, heads=6, dim=64, batch=1)
+    kwargs = dict(mask='bidirectional_2d', mode='chunkwise', grid=(9, 16), cls_token=True,
+                  chunk_size=16, gamma=decay_gammas(6))
+    torch.testing.assert_close(retention(q, k, v, memory_budget=budget, **kwargs),
+                               retention(q, k, v, **kwargs), rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match='memory_budget=.* raise it'):
+        retention(q, k, v, memory_budget=least // 2, **kwargs)
+
+
+def test_chunkwise_ops_per_call_do_not_grow_with_the_image():
+    """The op count is a property of the code, not of the grid: the same dispatched ATen ops
+    for a 2-band and a 9-band grid, and for 2 and 9 tile columns (blocked column mix)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        ops = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.ops += 1
+            return func(*args, **(kwargs or {}))
+
+    def count(grid):
+        q, k, v = _qkv(grid[0] * grid[1] + 1, torch.float32, heads=2, dim=4, batch=1)
+        kwargs = dict(mask='bidirectional_2d', mode='chunkwise', grid=grid, cls_token=True,
+                      chunk_size=16)
+        retention(q, k, v, **kwargs)  # builds the geometry's constants
+        Count.ops = 0
+        with torch.no_grad(), Count():
+            retention(q, k, v, **kwargs)
+        return Count.ops
+    assert count((7, 8)) == count((35, 8))
+    assert count((7, 80)) == count((35, 144))
 
 
 @pytest.mark.parametrize('mask,grid,cls_token,normalize',

@@ -5,10 +5,14 @@
         [--chunk 1024]
 
 Each (size, mask) runs in a fresh child: q, k, v for ViR-S's 6 heads of dim 64 on the size/16
-patch grid (+ class token) are built first, then the peak RSS of one forward call (no grad)
-minus the RSS before it is the operator's transient peak. The prediction is
+patch grid (+ class token) are built first and one call builds the geometry's constants (tile
+indices, masks: kept per geometry); then the peak RSS of the next forward call (no grad) minus
+the RSS before it is the operator's transient peak. The prediction is
 `vir_dense.ops.retention.chunkwise.transient_elements` x 4 bytes, at the geometry the operator
-itself uses (its `make_layout` grid, its `rows_per_chunk`).
+itself uses (its `make_layout` grid, its `tile_shape`). --malloc: glibc's default settings
+(tensors under its dynamic mmap threshold, up to 32 MB, stay in the heap, which keeps freed
+holes), 'live' (mmap threshold 64 KiB: every tensor is its own mapping, returned when freed, so
+RSS follows the live tensors) or 'raised' (freed pages are kept and reused).
 
     .venv/bin/python tools/analysis_tools/measure_retention_memory.py --quick     # 256² only
 """
@@ -20,9 +24,13 @@ from benchlib import (MALLOC_ENV, MIB, add_output_args, emit, failure, launch,
                       markdown_table, reset_peak_rss, status_bytes, write_outputs)
 
 
+MALLOC_MODES = {'default': None, 'live': {'MALLOC_MMAP_THRESHOLD_': str(1 << 16)},
+                'raised': MALLOC_ENV}
+
+
 def child(cfg):
     import torch
-    from vir_dense.ops.retention import decay_gammas, make_layout, retention, rows_per_chunk
+    from vir_dense.ops.retention import decay_gammas, make_layout, retention
     from vir_dense.ops.retention.chunkwise import transient_elements
     torch.set_num_threads(1)
     side = cfg['size'] // 16
@@ -31,26 +39,23 @@ def child(cfg):
     kwargs = dict(mask=cfg['mask'], mode='chunkwise', grid=(side, side), cls_token=True,
                   chunk_size=cfg['chunk'], gamma=gamma)
     with torch.no_grad():
-        retention(q[:, :, :2 * side + 1], k[:, :, :2 * side + 1], v[:, :, :2 * side + 1],
-                  **dict(kwargs, grid=(2, side)))  # warm the allocator, not this geometry
+        retention(q, k, v, **kwargs)  # builds this geometry's constants (kept per geometry)
         base = status_bytes('VmRSS')
         reset_peak_rss()
         retention(q, k, v, **kwargs)
         peak = status_bytes('VmHWM')
     layout = make_layout(cfg['mask'], q.shape[-2], (side, side), cls_token=True)
-    predicted = transient_elements(1, 6, layout.grid_rows, layout.cols, 64,
-                                   rows_per_chunk(cfg['chunk'], layout.cols),
+    predicted = transient_elements(1, 6, layout.grid_rows, layout.cols, 64, cfg['chunk'],
                                    cfg['mask'].startswith('causal')) * 4
     emit(status='ok', measured=peak - base, predicted=predicted)
 
 
 def main(argv):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--sizes', type=int, nargs='+', default=[1024, 2048])
-    parser.add_argument('--chunk', type=int, default=1024)
-    parser.add_argument('--default-malloc', action='store_true',
-                        help="keep glibc's mmap threshold: every large tensor is its own "
-                             'mapping, returned when freed, so RSS follows the live tensors')
+    parser.add_argument('--sizes', type=int, nargs='+', default=[1024, 2048, 4096])
+    parser.add_argument('--chunk', type=int, default=256, help='cells per tile')
+    parser.add_argument('--malloc', choices=sorted(MALLOC_MODES), default='default',
+                        help="glibc's allocator settings for the children (see above)")
     add_output_args(parser, '256² only', default_out=None)  # prints; --out to keep the table
     args = parser.parse_args(argv)
     if args.quick:
@@ -60,7 +65,7 @@ def main(argv):
         for mask in ('bidirectional_2d', 'causal_2d'):
             records, code, err = launch(__file__, 'run', dict(size=size, mask=mask,
                                                               chunk=args.chunk), 900,
-                                        env=None if args.default_malloc else MALLOC_ENV)
+                                        env=MALLOC_MODES[args.malloc])
             r = records[-1] if records else failure(code, err, 900)
             results.append(dict(r, size=size, mask=mask))
             if r['status'] != 'ok':
@@ -69,12 +74,13 @@ def main(argv):
                 rows.append([f'{size}²', mask, f'{r["measured"] / MIB:,.0f}',
                              f'{r["predicted"] / MIB:,.0f}'])
             print(' '.join(map(str, rows[-1])), flush=True)
-    malloc = "glibc's default" if args.default_malloc else 'raised (MALLOC_MMAP_THRESHOLD_)'
+    malloc = {'default': "glibc's default", 'live': '64 KiB (RSS = live tensors)',
+              'raised': 'raised (freed pages kept)'}[args.malloc]
     text = '\n'.join([
         '## Transient memory of one chunkwise retention call: measured vs formula', '',
         f'`python tools/analysis_tools/measure_retention_memory.py {" ".join(argv)}`: '
         'ViR-S heads (6 x 64), '
-        f'chunk {args.chunk} tokens, fresh process per row, mmap threshold {malloc}.', '']
+        f'tiles of {args.chunk} cells, fresh process per row, mmap threshold {malloc}.', '']
         + markdown_table(['size', 'mask', 'measured MiB', 'formula MiB'], rows))
     write_outputs(args, text, 'retention_memory', results)
 

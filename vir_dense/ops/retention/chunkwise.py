@@ -2,32 +2,33 @@
 
 The (extended) grid (decay.py) is cut into bands of R rows and each band into tiles of R x T
 cells (`tile_shape`: about `chunk_size` cells, 16 x 16 by default; 1D masks use chunks of R
-tokens in one column). Tokens are gathered into tile-major order once per call (one index per
+tokens in one column). Tokens are gathered into tile order once per call (one index per
 layout; the class token keeps its cell, empty and padding cells read a zero token). A query in
 tile (band b, tile column t) at in-tile row r, column c reads three disjoint sets of keys:
 - its own tile: one batched masked matmul over all tiles, (Q K^T ⊙ D_tile) V;
 - the other tiles of its band (row family): the x-factor of D is rank 1 across tiles, so each
-  tile row keeps one state sum_c' gamma^(T-1-c') k^T v (mirrored for tiles on the right);
-  states are carried along the band (a strict decay sum over tile columns, gamma^T per tile),
-  mixed over the band's rows by the R x R row decay and read with gamma^(c+1);
+  tile row keeps one state sum_c' gamma^(T-1-c') k^T v (mirrored for tiles on the right),
+  carried along the band (gamma^T per tile), mixed over the band's rows by the R x R row
+  decay and read with gamma^(c+1);
 - the other bands (column family): the y-factor is rank 1 across bands, so each column of a
-  band keeps one state sum_r' gamma^(R-1-r') k^T v (mirrored for bands below); states are
-  carried down the bands (strict decay sum, gamma^R per band), mixed across the full width by
-  the column decay (`DecaySum`, blocked for wide grids) and read with gamma^(r+1).
-Every sum is a `DecaySum` or a batched matmul: the ops per call do not depend on the image.
+  band keeps one state sum_r' gamma^(R-1-r') k^T v (mirrored for bands below), carried down
+  the bands (gamma^R per band), mixed across the full width by the column decay (blocked per
+  tile column) and read with gamma^(r+1).
+Each side of a family gathers its keys and values one tile step away, so its carry is a
+non-strict decay sum; carries and mixes then run in place on the one state tensor
+(`DecaySum.inplace`). No loop depends on the image: the ops per call are constant.
 
-Cost per token and head (d head dim, L = R T, s = 1 causal / 2 bidirectional): intra-tile
-4 L d FLOPs; each family ~8 d^2 per side plus its carry and mix; ~190k FLOPs at d = 64 on every
-grid from 512² to 4096² (tools/analysis_tools/benchmark_backbone.py prints them).
+Cost per token and head (d head dim, L = R T): intra-tile 4 L d FLOPs, each side of each family
+about 4 d^2 (build and read) plus its carry and mix, ~190k FLOPs at d = 64 on every grid from
+512² to 4096² (tools/analysis_tools/benchmark_backbone.py counts them).
 
 Transient memory per call (`transient_elements`, checked against
 tools/analysis_tools/measure_retention_memory.py), in elements of the compute dtype, for B
-batch, H heads, N_p padded cells, d head dim, split into `head_groups` slices for the state path
-and `query_groups` slices of tiles for the intra scores:
-    B H N_p (6 d + max(L / query_groups, 2 d^2 / (min(R, T) head_groups)))
-that is: q, k, v in tile order, the output and two temporaries of q's size; then either the
-intra-tile scores or two copies of one side's states (sides run one after the other).
-`memory_budget` (bytes) picks the fewest slices that fit.
+batch, H heads, N_p padded cells, d head dim:
+    B H N_p max(7 d + L / query_groups, 5 d + d^2 / (R head_groups), 6 d + d^2 / (T head_groups))
+the peak of three phases: the intra-tile scores next to q, k, v and the output in tile order;
+then one side's states of the column family, then of the row family, next to their tiles.
+`memory_budget` (bytes) picks the fewest head or tile slices that fit (same result, more ops).
 
 Training saves only q, k, v: the backward pass is three more chunkwise retentions (the gradient
 of (Q K^T ⊙ D) V is retention with D or D^T; D^T is D on the grid flipped in both axes, which
@@ -98,7 +99,7 @@ class _Family:
         if mix_length > 1:
             self.mix = DecaySum(gamma, mix_length, 'causal' if causal else 'symmetric', dtype,
                                 block=mix_block)
-        # [side][flipped]: (key index, value index) of the shifted gathers
+        # [side][flipped]: the cells' tokens one tile step away
         self.shifted = [[gather.shifted(flip, offset, step_of_cell, steps)
                          for flip in (0, 1)]
                         for offset in [cells_per_step, -cells_per_step][:len(kinds)]]
@@ -153,12 +154,11 @@ class _Gather:
         self.cells = [cells, num_cells - 1 - cells]
 
     def shifted(self, flip, offset, step_of_cell, steps):
-        """(keys, values) indices of the cells one tile step back (offset > 0) or ahead,
-        empty where the step leaves the grid. The flipped grid has the same cell structure."""
+        """The token of the cell one tile step back (offset > 0) or ahead, the zero token
+        where the step leaves the grid. The flipped grid has the same cell structure."""
         values = self.values[flip].roll(offset)
         outside = step_of_cell < 1 if offset > 0 else step_of_cell > steps - 2
-        values = values.masked_fill(outside, self.tokens)
-        return values.clamp(max=self.tokens - 1), values
+        return values.masked_fill(outside, self.tokens)
 
 
 def _tile_mask(gamma, height, width, causal, dtype):
@@ -169,13 +169,16 @@ def _tile_mask(gamma, height, width, causal, dtype):
 
 def transient_elements(batch, heads, rows, cols, dim, chunk_size, causal, head_groups=1,
                        query_groups=1):
-    """The docstring's transient-memory formula, for a (rows, cols) extended grid."""
+    """The docstring's transient-memory formula, for a (rows, cols) extended grid: the peak
+    of the three phases of `_tiled` (column family, intra-tile scores, row family)."""
     bands, height, tile_cols, width = tile_shape(chunk_size, rows, cols)
     cells = bands * height * tile_cols * width
-    shortest = min(height if bands > 1 else width, width if tile_cols > 1 else height)
-    states = 2 * dim * dim / shortest / head_groups if bands > 1 or tile_cols > 1 else 0
-    scores = height * width / query_groups
-    return int(batch * heads * cells * (6 * dim + max(scores, states)))
+    phases = [7 * dim + height * width / query_groups]  # q, k, v, out, ... and the scores
+    if bands > 1:  # keys/values (2), queries, a side's keys/values (2) and one state tensor
+        phases.append(5 * dim + dim * dim / height / head_groups)
+    if tile_cols > 1:
+        phases.append(6 * dim + dim * dim / width / head_groups)
+    return int(batch * heads * cells * max(phases))
 
 
 def slices_for_budget(budget_bytes, batch, heads, rows, cols, dim, chunk_size, causal,
@@ -190,7 +193,7 @@ def slices_for_budget(budget_bytes, batch, heads, rows, cols, dim, chunk_size, c
         if need <= budget_bytes:
             return head_groups, query_groups
     least = element_bytes * transient_elements(batch, heads, rows, cols, dim, chunk_size, causal,
-                                               heads, min(tiles, 64))
+                                               heads, min(tiles, 64))  # one head at a time
     raise ValueError(f'memory_budget={budget_bytes / 2**20:.1f} MiB is below what retention '
                      f'needs on this grid ({least / 2**20:.1f} MiB one head at a time); raise '
                      'it or pass memory_budget=None')
@@ -219,24 +222,26 @@ def _tiled(q, k, v, plan, head_groups=1, query_groups=1, flip=False):
     batch, heads, _, dim = q.shape
     tiles = (batch, heads, plan.bands, plan.tile_cols)
     side = int(flip)
-    values = F.pad(v, (0, 0, 0, 1))  # the zero token that empty cells read
+    # Keys and values side by side, with the zero token that empty cells read: one gather
+    # serves both (and one large buffer is kinder to the allocator than two).
+    keys_values = F.pad(torch.stack((k, v)), (0, 0, 0, 1))
     columns = None
     if plan.columns is not None:  # other bands, read in column-major tiles
         queries = q.index_select(2, plan.gathers[1].keys[side])
-        columns = _family(queries.view(tiles + (plan.width, plan.height, dim)), k, values,
+        columns = _family(queries.view(tiles + (plan.width, plan.height, dim)), keys_values,
                           plan.columns, head_groups, side, carry_axis=2)
         del queries
     cells = plan.gathers[0]
     shape = tiles + (plan.height, plan.width, dim)
     queries = q.index_select(2, cells.keys[side]).view(shape)
-    out = _intra_tiles(queries, k.index_select(2, cells.keys[side]).view(shape),
-                       values.index_select(2, cells.values[side]).view(shape), plan,
-                       query_groups)
+    keys, values = keys_values.index_select(3, cells.values[side]).unbind(0)
+    out = _intra_tiles(queries, keys.view(shape), values.view(shape), plan, query_groups)
+    del keys, values
     if columns is not None:  # column-major into the row-major output
         out.add_(columns.transpose(4, 5))
         del columns
     if plan.rows is not None:  # other tiles of the band
-        _family(queries, k, values, plan.rows, head_groups, side, carry_axis=3, out=out)
+        _family(queries, keys_values, plan.rows, head_groups, side, carry_axis=3, out=out)
     return out.view(batch, heads, plan.cells, dim).index_select(2, cells.cells[side])
 
 
@@ -259,10 +264,10 @@ def _intra_tiles(q, k, v, plan, query_groups):
     return out.view(shape)
 
 
-def _family(q, k, v, family, head_groups, flip, carry_axis, out=None):
+def _family(q, keys_values, family, head_groups, flip, carry_axis, out=None):
     """What each query reads from the family's other tiles, added to `out` (a new tensor if
-    None). q and out: (B, H, A, Bt, lines, cells per line, d) tiles; k, v: (B, H, N, d) tokens
-    and the same plus a zero token, gathered per side one tile step away. The states of a
+    None). q and out: (B, H, A, Bt, lines, cells per line, d) tiles; keys_values: (2, B, H,
+    N + 1, d) tokens and a zero token, gathered per side one tile step away. The states of a
     line's tile are carried along dim `carry_axis` (2: down the bands, then mixed across the
     full width; 3: along the band, then mixed over the tile's rows)."""
     batch, heads, first, second, lines, length, dim = q.shape
@@ -272,9 +277,8 @@ def _family(q, k, v, family, head_groups, flip, carry_axis, out=None):
         sliced = head_groups > 1
         qs = q[:, hs] if sliced else q
         for side, carry in enumerate(family.carries):
-            keys, values = family.shifted[side][flip]
-            ks = (k[:, hs] if sliced else k).index_select(2, keys)
-            vs = (v[:, hs] if sliced else v).index_select(2, values)
+            source = keys_values[:, :, hs] if sliced else keys_values
+            ks, vs = source.index_select(3, family.shifted[side][flip]).unbind(0)
             weights = family.key_weights[side]
             ks.view(batch, step, first, second, lines, length, dim).mul_(
                 weights[:, hs] if sliced else weights)
