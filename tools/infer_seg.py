@@ -49,8 +49,8 @@ def parse_args(argv=None):
     parser.add_argument('--retention-mode', choices=['parallel', 'chunkwise', 'recurrent'],
                         help='form of retention in the ViR backbone (same outputs); chunkwise '
                              'and recurrent imply --mode whole (default: the config\'s)')
-    parser.add_argument('--chunk-size', type=int, help='tokens per chunk in chunkwise mode '
-                        '(rounded to whole rows of patches)')
+    parser.add_argument('--chunk-size', type=int, help='cells per tile in chunkwise mode '
+                        '(default 256: 16 x 16 tiles)')
     parser.add_argument('--mode', choices=['whole', 'slide'],
                         help='whole-image or sliding-window inference (default: the config\'s, '
                              'whole with chunkwise/recurrent retention)')

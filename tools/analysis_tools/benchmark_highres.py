@@ -12,7 +12,7 @@ test pipeline at the image's own size, data preprocessor, model, label map at fu
 Batch 1, fp32, eval, no grad, random init (weights do not change the cost); the model is
 configs/upernet_vir_s_ade20k.py (150 classes, 512-channel UPerHead) with:
 
-  vir_chunkwise  ViR-S, chunkwise retention (`--chunk-size` tokens, whole rows), whole image
+  vir_chunkwise  ViR-S, chunkwise retention (tiles of `--chunk-size` cells), whole image
   vir_parallel   ViR-S, parallel retention ((Q K^T * D) V: N x N per head), whole image
   vir_slide      ViR-S, parallel retention in mmseg's sliding windows (512 crops, stride 341)
   vit_whole      timm vit_small_patch16_224 (dynamic_img_size; F.scaled_dot_product_attention)
@@ -29,7 +29,7 @@ while a run takes < 20 s). "peak" is the child's VmHWM (Python, torch, model, ac
 "act" peak minus the RSS before the timed runs. An address-space limit (RLIMIT_AS: free memory
 at launch, capped by `--mem-gb`) turns an oversized allocation into an "OOM" inside torch rather
 than a visit from the kernel's OOM killer. A configuration whose memory estimate
-(`estimate_memory`: the retention operator's own formula, `transient_elements` at its own chunk
+(`estimate_memory`: the retention operator's own formula, `transient_elements` at its own tile
 geometry, for the chunkwise term; computed in the probe child, so this process never imports
 vir_dense or mmseg) exceeds that budget is skipped; one that ran out of memory or time is not
 tried at larger sizes. The matmul GFLOP/s of the machine is measured at the start and the end
@@ -75,11 +75,11 @@ CROP, STRIDE = 512, 341
 
 # --------------------------------------------------------------------------------------------
 # Memory estimate for the skip guard (deliberately on the generous side); runs in the probe
-# child. The chunkwise term is the operator's own formula at the operator's chunk geometry.
+# child. The chunkwise term is the operator's own formula at the operator's tile geometry.
 # --------------------------------------------------------------------------------------------
 def _window_bytes(size, backbone, retention, chunk):
     """Activations of one whole-image forward at `size` (lean head, banded upsampling)."""
-    from vir_dense.ops.retention import make_layout, rows_per_chunk
+    from vir_dense.ops.retention import make_layout
     from vir_dense.ops.retention.chunkwise import transient_elements
     cols = -(-size // PATCH)
     # bidirectional ViR runs its class token through the blocks: one more grid row
@@ -93,7 +93,7 @@ def _window_bytes(size, backbone, retention, chunk):
         retention_b = 3 * HEADS * tokens * tokens * 4   # mask, scores, masked scores
     else:
         retention_b = 4 * transient_elements(1, HEADS, layout.grid_rows, cols, DIM // HEADS,
-                                             rows_per_chunk(chunk, cols), causal=False)
+                                             chunk, causal=False)
     pyramid = stride4 * DIM * 4 * 2             # the x4 tap (and its making)
     head = stride4 * HEAD_CHANNELS * 4 * 3      # lean UPerHead peak
     logits = stride4 * NUM_CLASSES * 4
@@ -306,7 +306,7 @@ def report(results, machine, args, argv, elapsed, plot_path):
         'UperNet (configs/upernet_vir_s_ade20k.py: 150 classes, 512-channel UPerHead), random '
         'init, batch 1, fp32, eval, no grad; one S x S image end to end with '
         '`vir_dense.apis.seg.segment_array` (as `tools/infer_seg.py --scale none`): '
-        f'chunkwise chunk = {args.chunk_size} tokens (whole rows), slide = 512 crops, stride '
+        f'chunkwise tiles of {args.chunk_size} cells, slide = 512 crops, stride '
         '341. Cells: latency (median of the timed runs) (the backbone\'s part of it, timed by '
         'forward hooks; the rest is the shared UPerHead, pipeline and upsampling) / peak RSS '
         'of a fresh process (Python, torch and weights included, ~1 GiB) (+ its increase '
@@ -392,9 +392,8 @@ def parse_args(argv):
                         help='image sides in pixels (default: %(default)s)')
     parser.add_argument('--configs', nargs='+', choices=list(CONFIGS), default=list(CONFIGS),
                         help='configurations (default: all)')
-    parser.add_argument('--chunk-size', type=int, default=1024,
-                        help='chunkwise tokens per chunk, rounded down to whole rows of patches '
-                             '(default: %(default)s; see docs/segmentation.md)')
+    parser.add_argument('--chunk-size', type=int, default=256,
+                        help='chunkwise cells per tile (default: %(default)s, 16 x 16 tiles)')
     parser.add_argument('--timeout', type=float, default=3600,
                         help='seconds per configuration and size (default: %(default)s)')
     parser.add_argument('--repeats', type=int, default=3,

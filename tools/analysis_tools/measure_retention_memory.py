@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Transient memory of one chunkwise retention call vs the docstring's formula.
 
-    .venv/bin/python tools/analysis_tools/measure_retention_memory.py [--sizes 1024 2048] \\
-        [--chunk 1024]
+    .venv/bin/python tools/analysis_tools/measure_retention_memory.py [--sizes 1024 2048 4096] \\
+        [--chunk 256] [--malloc default|live|raised]
 
 Each (size, mask) runs in a fresh child: q, k, v for ViR-S's 6 heads of dim 64 on the size/16
 patch grid (+ class token) are built first and one call builds the geometry's constants (tile

@@ -12,8 +12,8 @@ backbone, rpn, and model, which stops at mmcv's RoIAlign/NMS: see docs/deploymen
 
 The input is the image batch as the model's data preprocessor leaves it (normalised float,
 N x 3 x H x W); the graph is fixed to --shape. --retention-mode auto (default) exports the
-parallel form up to two chunks of tokens and the chunkwise form above (e.g. 1024x1024 at
-patch 16 and chunk 1024). --verify runs the file with onnxruntime and the model with PyTorch
+parallel form up to 2048 tokens and the chunkwise form above (e.g. 1024x1024 at patch
+16). --verify runs the file with onnxruntime and the model with PyTorch
 on the same random input: max|onnx - torch| / max|torch| must be <= --tolerance (1e-4), and
 with --repeats N both are timed in this process (median ms).
 

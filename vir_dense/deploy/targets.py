@@ -61,8 +61,8 @@ def build_target(source: str, checkpoint=None, target=None, retention_mode='auto
                  chunk_size=None, overrides=None) -> ExportTarget:
     """Build `target` of `source` (a timm model name or a config path) in eval mode, fp32, CPU.
 
-    retention_mode: the ViR's form for the export ('auto': parallel up to two chunks of
-    tokens, chunkwise above, as at run time); chunk_size: tokens per chunk (default: the
+    retention_mode: the ViR's form for the export ('auto': parallel up to 2048 tokens,
+    chunkwise above, as at run time); chunk_size: cells per chunkwise tile (default: the
     model's). overrides: config options merged into the config (``--cfg-options``), or
     keyword arguments of ``timm.create_model`` for a timm name (e.g. ``dict(depth=2)``).
     """

@@ -14,7 +14,7 @@ from mmengine.model import BaseModule
 
 from vir_dense.models.archs import ARCHS
 from vir_dense.models.vir import ViRTrunk, run_blocks
-from vir_dense.ops.retention import mask_spec
+from vir_dense.ops.retention import DEFAULT_CHUNK, mask_spec
 
 from .neck import rescale_layer
 from .spatial_prior import SpatialPriorStem
@@ -51,8 +51,8 @@ class ViR(ViRTrunk, BaseModule):
         mask: 'causal_1d' | 'causal_2d' | 'bidirectional_1d' | 'bidirectional_2d'.
         retention_mode: 'auto' | 'parallel' | 'chunkwise' | 'recurrent' (same outputs;
             chunkwise and recurrent keep memory linear in the number of tokens; 'auto' runs
-            parallel up to two chunks of tokens, else chunkwise).
-        chunk_size: tokens per chunk in chunkwise mode (rounded to whole rows for 2D masks).
+            parallel up to 2048 tokens, else chunkwise).
+        chunk_size: cells per tile in chunkwise mode (2D masks: about sqrt(chunk_size) square).
         normalize_retention: divide each token's retention output by its decay-mask row sum
             (a decay-weighted mean instead of a sum; not in the paper). Without it, outputs
             scale with the token count (~1000x the input at 20x20 tokens in block 0 of a
@@ -81,7 +81,7 @@ class ViR(ViRTrunk, BaseModule):
 
     def __init__(self, arch='small', patch_size=16, img_size=224, in_channels=3,
                  out_indices=(3, 5, 7, 11), pyramid='taps', mask='bidirectional_2d',
-                 retention_mode='auto', chunk_size=1024, normalize_retention=False,
+                 retention_mode='auto', chunk_size=DEFAULT_CHUNK, normalize_retention=False,
                  decay_exponents=(5.0, 9.0), drop_path_rate=0.1, init_values=1e-5,
                  with_cls_token=None, final_norm=True, with_cp=False,
                  frozen_stages=-1, spatial_prior=None, extra_pool=False,

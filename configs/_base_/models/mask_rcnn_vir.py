@@ -29,7 +29,7 @@ model = dict(
         pyramid=None,
         mask='bidirectional_2d',
         retention_mode='auto',  # parallel up to 2048 tokens, chunkwise above (same outputs)
-        chunk_size=1024,
+        chunk_size=256,  # cells per chunkwise tile (16 x 16)
         drop_path_rate=0.1,
         with_cp=False,
         # No ImageNet ViR weights exist: make a warm start from timm ViT/DeiT weights with

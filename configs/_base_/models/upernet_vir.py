@@ -29,10 +29,10 @@ model = dict(
         # every patch sees its whole neighbourhood (all four quadrants), weighted by
         # gamma^(|dx|+|dy|); still has linear-memory chunkwise/recurrent forms
         mask='bidirectional_2d',
-        # parallel up to two chunks of tokens (512² crops), chunkwise above (whole-image
+        # parallel up to 2048 tokens (512² crops), chunkwise above (whole-image
         # inference at any size): the same function either way
         retention_mode='auto',
-        chunk_size=1024,
+        chunk_size=256,  # cells per chunkwise tile (16 x 16)
         drop_path_rate=0.1,
         with_cp=False,
         init_cfg=dict(type='Pretrained', checkpoint='pretrained/vir_small_patch16_224.pth')),
