@@ -264,10 +264,13 @@ def _op_counter_class():
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils.flop_counter import flop_registry
     flash_cpu = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default
+    solves = {torch.ops.aten.linalg_solve_triangular}
 
     class OpCounter(TorchDispatchMode):
         """Counts every dispatched ATen op and its FLOPs (torch's formulas; the CPU
-        flash-attention kernel, which they skip, as 4 L S d per batch and head)."""
+        flash-attention kernel, which they skip, as 4 L S d per batch and head; triangular
+        solves, also skipped, as L^2 per right-hand column: a multiply and an add per
+        entry of the triangle)."""
 
         def __init__(self):
             super().__init__()
@@ -280,6 +283,9 @@ def _op_counter_class():
             if func is flash_cpu:
                 batch, heads, length, dim = args[0].shape
                 self.flops += 4 * batch * heads * length * args[1].shape[2] * dim
+            elif func._overloadpacket in solves:  # triangular solve: L^2 per right-hand column
+                matrix, rhs = args[0], args[1]
+                self.flops += rhs.numel() * matrix.shape[-1]
             elif func._overloadpacket in flop_registry:
                 self.flops += flop_registry[func._overloadpacket](*args, **kwargs, out_val=out)
             return out

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Backbone benchmark: ViR-S (each retention mode, each mask) vs timm ViT-S (SDPA), CPU.
 
-    .venv/bin/python tools/analysis_tools/benchmark_backbone.py           # full run (~50 min)
+    .venv/bin/python tools/analysis_tools/benchmark_backbone.py           # full run (~45 min)
     .venv/bin/python tools/analysis_tools/benchmark_backbone.py --sizes 224 512 \\
         --train-sizes 512 --repeats 1
     .venv/bin/python tools/analysis_tools/benchmark_backbone.py --quick   # 224² only, prints only
@@ -9,26 +9,27 @@
 Rows (batch 1, float32, `forward_features`, both models with dynamic_img_size=True):
 - forward (eval, no grad) at every --sizes for ViT-S and, per --masks (default: the dense
   configs' `bidirectional_2d`, then `causal_2d`), ViR-S parallel (while its N x N scores fit)
-  and chunkwise (--chunk tokens);
+  and chunkwise (tiles of --chunk cells);
 - training step (train mode, forward + backward of sum(features^2)) at every --train-sizes for
   ViT-S and ViR-S parallel / chunkwise / auto with `bidirectional_2d`;
 - with --compile S: inductor compile time and compiled vs eager latency at S x S.
 
-Each row is a fresh child process (tools/analysis_tools/benchlib.py), so its memory is its
-own: activation = peak RSS (high-water mark reset after building model and input) minus RSS
-after the build.
+Every row runs at each of --threads (default 1 and 2). Each row is a fresh child process
+(tools/analysis_tools/benchlib.py), so its memory is its own: activation = peak RSS
+(high-water mark reset after building model and input) minus RSS after the build.
 Latency = median of --repeats runs after one warm-up. ATen ops and FLOPs are counted, not
 estimated, on one extra run (or on the last timed one when a run takes > 20 s) by
 `benchlib.OpCounter`: every dispatched ATen op, FLOPs from torch's own formulas
 (torch.utils.flop_counter) per op, plus 4 L S d per head for the CPU flash-attention kernel
-that torch's counter skips. The children run with glibc's mmap threshold raised
-(MALLOC_MMAP_THRESHOLD_): without it every tensor above 32 MB is a fresh mmap whose pages fault
-on first touch, which costs ~0.8 ms per MB on this machine (both models pay it; see
-docs/benchmarks.md).
+that torch's counter skips, and L^2 per column for triangular solves. "ret. kFLOP/tok-head"
+counts one retention call (or ViT-S's attention, 4 N d) at the row's geometry, per token and
+head. The children run with glibc's default allocator settings (--raised-mmap-threshold keeps
+freed pages instead, which inflates peaks).
 
 The results go to stdout and between `<!-- backbone:start/end -->` in docs/benchmarks.md (or
---out); the targets are the data tables RATIO_TARGETS and MAX_OPS_PER_FORWARD below, each
-printed as PASS / MISS (N/A when its rows were not run) with the measured numbers.
+--out); the targets are the data tables below (RATIO_TARGETS, SCALING_TARGET, FLOPS_SPREAD,
+MAX_OPS_PER_FORWARD, SMALL_IMAGE_RATIOS), each printed as PASS / MISS (N/A when its rows were
+not run) with the measured numbers.
 """
 import argparse
 import datetime
@@ -103,7 +104,26 @@ def child_run(cfg):
         times.append(time.perf_counter() - start)
     peak = status_bytes('VmHWM')
     emit(status='ok', latency_s=statistics.median(times), n=len(times),
-         activation=peak - base, total=peak, ops=counter.ops, flops=counter.flops)
+         activation=peak - base, total=peak, ops=counter.ops, flops=counter.flops,
+         retention_flops=retention_flops(cfg))
+
+
+def retention_flops(cfg):
+    """FLOPs per token and head of one attention / retention call at the row's geometry."""
+    import torch
+    from benchlib import OpCounter
+    from vir_dense.ops.retention import decay_gammas, retention
+    side = cfg['size'] // 16
+    tokens, dim = side * side + 1, DIM // HEADS
+    if cfg['model'] == 'vit':
+        return 4 * tokens * dim
+    q, k, v = (torch.randn(1, HEADS, tokens, dim) for _ in range(3))
+    kwargs = dict(mask=cfg['mask'], mode=cfg['mode'], grid=(side, side), cls_token=True,
+                  chunk_size=cfg['chunk'], gamma=decay_gammas(HEADS))
+    counter = OpCounter()
+    with torch.no_grad(), counter:
+        retention(q, k, v, **kwargs)
+    return counter.flops / tokens / HEADS
 
 
 def child_compile(model, cfg):
@@ -134,21 +154,24 @@ def child_compile(model, cfg):
 # parent: the configurations, the table, the targets
 # --------------------------------------------------------------------------------------------
 def configurations(args):
-    def cfg(kind, model, size, mode='-', mask='-', **extra):
-        return dict(kind=kind, model=model, size=size, mode=mode, mask=mask, chunk=args.chunk,
-                    threads=args.threads, repeats=args.repeats, timeout=args.timeout, **extra)
-    for size in args.sizes:
-        yield cfg('forward', 'vit', size)
-        for mask in args.masks:
-            yield cfg('forward', 'vir', size, 'parallel', mask)
-            yield cfg('forward', 'vir', size, 'chunkwise', mask)
-    for size in args.train_sizes:
-        yield cfg('train', 'vit', size)
-        for mode in ('parallel', 'chunkwise', 'auto'):
-            yield cfg('train', 'vir', size, mode, 'bidirectional_2d')
-    if args.compile:
-        for mode in ('parallel', 'chunkwise'):
-            yield cfg('compile', 'vir', args.compile, mode, 'bidirectional_2d', compile=True)
+    for threads in args.threads:
+        def cfg(kind, model, size, mode='-', mask='-', **extra):
+            return dict(kind=kind, model=model, size=size, mode=mode, mask=mask,
+                        chunk=args.chunk, threads=threads, repeats=args.repeats,
+                        timeout=args.timeout, **extra)
+        for size in args.sizes:
+            yield cfg('forward', 'vit', size)
+            for mask in args.masks:
+                yield cfg('forward', 'vir', size, 'parallel', mask)
+                yield cfg('forward', 'vir', size, 'chunkwise', mask)
+        for size in args.train_sizes:
+            yield cfg('train', 'vit', size)
+            for mode in ('parallel', 'chunkwise', 'auto'):
+                yield cfg('train', 'vir', size, mode, 'bidirectional_2d')
+        if args.compile:
+            for mode in ('parallel', 'chunkwise'):
+                yield cfg('compile', 'vir', args.compile, mode, 'bidirectional_2d',
+                          compile=True)
 
 
 def skip_reason(cfg, free):
@@ -176,14 +199,16 @@ def table(results):
             continue
         model, mode = label(r)
         if r['status'] != 'ok':
-            cells = [r['note'], '-', '-', '-', '-']
+            cells = [r['note'], '-', '-', '-', '-', '-']
         else:
             cells = [f'{r["latency_s"] * 1e3:,.0f} ({r["n"]})', f'{r["activation"] / MIB:,.0f}',
-                     f'{r["total"] / MIB:,.0f}', f'{r["ops"]:,}', f'{r["flops"] / 1e9:,.1f}']
-        rows.append([f'{r["size"]}²', f'{(r["size"] // 16) ** 2 + 1:,}', r['kind'], model, mode,
-                     *cells])
-    lines = markdown_table(['size', 'tokens', 'step', 'model', 'mode', 'latency ms (n)',
-                            'activation MiB', 'total MiB', 'ATen ops', 'GFLOP'], rows)
+                     f'{r["total"] / MIB:,.0f}', f'{r["ops"]:,}', f'{r["flops"] / 1e9:,.1f}',
+                     f'{r["retention_flops"] / 1e3:,.0f}']
+        rows.append([f'{r["size"]}²', f'{(r["size"] // 16) ** 2 + 1:,}', r['kind'],
+                     r['threads'], model, mode, *cells])
+    lines = markdown_table(['size', 'tokens', 'step', 'threads', 'model', 'mode',
+                            'latency ms (n)', 'activation MiB', 'total MiB', 'ATen ops',
+                            'GFLOP', 'ret. kFLOP/tok-head'], rows)
     compiled = [r for r in results if r['kind'] == 'compile']
     if compiled:
         rows = []
@@ -200,31 +225,39 @@ def table(results):
     return lines
 
 
-def find(results, kind, size, model, mask=None, mode=None):
+def find(results, kind, size, model, mask=None, mode=None, threads=None):
     return [r for r in results if r['status'] == 'ok' and r['kind'] == kind and
             r['size'] == size and r['model'] == model and (mask is None or r['mask'] == mask)
-            and (mode is None or r['mode'] == mode)]
+            and (mode is None or r['mode'] == mode)
+            and (threads is None or r['threads'] == threads)]
 
 
-# The acceptance targets (issue 11), as data. ViR-S's fastest mode (bidirectional_2d) against
-# ViT-S: (step, size, time ratio at most, activation ratio at most or None: reported only).
+# The acceptance targets, as data. ViR-S (bidirectional_2d, its fastest form) against ViT-S:
+# (step, size, threads, time ratio at most, activation ratio at most or None: reported only).
 RATIO_TARGETS = [
-    ('forward', 2048, 1 / 6, 1.0),
-    ('forward', 224, 1.1, None),
-    ('train', 1024, 1.2, 1.0),
-    ('train', 512, 1.2, None),
+    ('forward', 2048, 1, 1 / 5, 1.0),
+    ('forward', 2048, 2, 1 / 4, 1.0),
+    ('train', 1024, 1, 1.0, 1.0),
+    ('train', 1024, 2, 1.0, 1.0),
+    ('train', 512, 1, 1.2, None),
 ]
+SCALING_TARGET = (2048, 4096, 4.5, 4.5)  # ViR-S chunkwise: time and activation ratio at most
+FLOPS_SPREAD = (512, 4096, 0.15)  # retention FLOPs per token-head within +-15% over sizes
 MAX_OPS_PER_FORWARD = 2000  # dispatched ATen ops of one chunkwise ViR-S forward, every size
+# Small images must not get slower: ViR-S / ViT-S latency (1 thread) of the previous operator,
+# measured side by side in one run (forward, bidirectional_2d, chunkwise c=1024 and parallel).
+SMALL_IMAGE_RATIOS = {224: 0.80, 512: 1.16}
 
 
-def ratio_check(results, kind, size, max_time, max_memory, mask='bidirectional_2d'):
+def ratio_check(results, kind, size, threads, max_time, max_memory, mask='bidirectional_2d'):
     """(name, ok or None when not measured, measured text) of one RATIO_TARGETS row."""
     speed = (f'>= {1 / max_time:g}x faster than' if max_time < 1 else
              f'time <= {max_time:g}x')
     memory = (' (memory reported)' if max_memory is None else ', activation <= ViT-S'
               if max_memory == 1 else f', activation <= {max_memory:g}x ViT-S')
-    name = f'{size}² {kind} ({mask}): ViR-S {speed} ViT-S{memory}'
-    vit, vir = find(results, kind, size, 'vit'), find(results, kind, size, 'vir', mask)
+    name = f'{size}² {kind}, {threads} thread(s) ({mask}): ViR-S {speed} ViT-S{memory}'
+    vit = find(results, kind, size, 'vit', threads=threads)
+    vir = find(results, kind, size, 'vir', mask, threads=threads)
     if not vit or not vir:
         return name, None, 'not measured'
     best = min(vir, key=lambda r: r['latency_s'])
@@ -238,6 +271,43 @@ def ratio_check(results, kind, size, max_time, max_memory, mask='bidirectional_2
     return name, ok, text
 
 
+def scaling_checks(results, target=SCALING_TARGET):
+    small, big, max_time, max_memory = target
+    for threads in sorted({r['threads'] for r in results}):
+        name = (f'{big}² forward, {threads} thread(s): ViR-S chunkwise time and activation '
+                f'<= {max_time:g}x / {max_memory:g}x its own {small}²')
+        rows = [find(results, 'forward', size, 'vir', 'bidirectional_2d', 'chunkwise', threads)
+                for size in (small, big)]
+        if not all(rows):
+            yield name, None, 'not measured'
+            continue
+        (a,), (b,) = rows
+        time_ratio = b['latency_s'] / a['latency_s']
+        memory_ratio = b['activation'] / max(a['activation'], 1)
+        yield name, time_ratio <= max_time and memory_ratio <= max_memory, (
+            f'{b["latency_s"]:.1f} s vs {a["latency_s"]:.1f} s = {time_ratio:.2f}x; '
+            f'{b["activation"] / MIB:,.0f} vs {a["activation"] / MIB:,.0f} MiB = '
+            f'{memory_ratio:.2f}x')
+
+
+def flops_check(results, target=FLOPS_SPREAD):
+    low, high, spread = target
+    name = (f'retention FLOPs per token-head within +-{spread:.0%} of their mean, {low}² to '
+            f'{high}² (chunkwise, every mask)')
+    rows = [r for r in results if r['status'] == 'ok' and r['model'] == 'vir'
+            and r['mode'] == 'chunkwise' and r['kind'] == 'forward' and low <= r['size'] <= high]
+    if not rows:
+        return name, None, 'not measured'
+    ok, parts = True, []
+    for mask in sorted({r['mask'] for r in rows}):
+        values = {r['size']: r['retention_flops'] for r in rows if r['mask'] == mask}
+        mean = statistics.mean(values.values())
+        ok &= all(abs(v / mean - 1) <= spread for v in values.values())
+        parts.append(f'{mask}: ' + ', '.join(f'{size}² {v / 1e3:,.0f}k'
+                                             for size, v in sorted(values.items())))
+    return name, ok, '; '.join(parts)
+
+
 def ops_check(results, limit=MAX_OPS_PER_FORWARD):
     name = f'ATen ops per ViR-S forward <= {limit:,} at every size (chunkwise)'
     rows = [r for r in results if r['status'] == 'ok' and r['model'] == 'vir'
@@ -245,13 +315,30 @@ def ops_check(results, limit=MAX_OPS_PER_FORWARD):
     if not rows:
         return name, None, 'not measured'
     worst = max(rows, key=lambda r: r['ops'])
+    sizes = {r['size']: r['ops'] for r in rows if r['mask'] == 'bidirectional_2d'}
     return name, worst['ops'] <= limit, (
-        f'most: {worst["ops"]:,} ops ({worst["mask"]}, {worst["size"]}²); ' + ', '.join(
-            f'{r["size"]}²: {r["ops"]:,}' for r in rows if r['mask'] == 'bidirectional_2d'))
+        f'most: {worst["ops"]:,} ops ({worst["mask"]}, {worst["size"]}²); bidirectional: '
+        + ', '.join(f'{size}²: {ops:,}' for size, ops in sorted(sizes.items())))
+
+
+def small_image_checks(results, previous=SMALL_IMAGE_RATIOS):
+    for size, before in previous.items():
+        name = (f'{size}² forward, 1 thread: ViR-S / ViT-S latency <= {before:.2f} (the previous '
+                'operator\'s ratio)')
+        vit = find(results, 'forward', size, 'vit', threads=1)
+        vir = find(results, 'forward', size, 'vir', 'bidirectional_2d', threads=1)
+        if not vit or not vir:
+            yield name, None, 'not measured'
+            continue
+        text = ', '.join(f'{r["mode"]} {r["latency_s"] / vit[0]["latency_s"]:.2f}' for r in vir)
+        best = min(r['latency_s'] for r in vir) / vit[0]['latency_s']
+        yield name, best <= before, text
 
 
 def target_lines(results):
-    checks = [ratio_check(results, *row) for row in RATIO_TARGETS] + [ops_check(results)]
+    checks = ([ratio_check(results, *row) for row in RATIO_TARGETS] +
+              list(scaling_checks(results)) + [flops_check(results), ops_check(results)] +
+              list(small_image_checks(results)))
     return [f'- **{"N/A" if ok is None else "PASS" if ok else "MISS"}** {name}: {text}'
             for name, ok, text in checks]
 
@@ -261,12 +348,13 @@ def report(results, args, machine, elapsed):
              f'- {datetime.datetime.now():%Y-%m-%d %H:%M}; '
              '`python tools/analysis_tools/benchmark_backbone.py '
              f'{" ".join(sys.argv[1:])}` ({elapsed / 60:.1f} min)',
-             f'- {machine["cpu"]}, {os.cpu_count()} cores, **{args.threads} thread(s)**; '
+             f'- {machine["cpu"]}, {os.cpu_count()} cores, threads per row as given; '
              f'1-min load {machine["load_start"]} at the start, {loadavg()} at the end; fp32 '
              f'matmul {machine["gflops"]:.0f} GFLOP/s (2048³)',
              '- batch 1, fp32, `forward_features`; forward = eval + no_grad; train = forward + '
-             'backward of sum(features²); each row a fresh process with glibc '
-             '`MALLOC_MMAP_THRESHOLD_` raised (both models)',
+             'backward of sum(features²); each row a fresh process, glibc allocator '
+             + ('with `MALLOC_MMAP_THRESHOLD_` raised' if args.raised_mmap_threshold else
+                'with its default settings') + ' (both models)',
              '- activation = peak RSS minus RSS after build; ops = ATen ops dispatched per step '
              '(counted); GFLOP = counted matmul work (torch formulas + CPU flash attention)',
              ''] + table(results) + ['', '### Targets (this run)', ''] + target_lines(results)
@@ -278,16 +366,19 @@ def main(argv):
     parser.add_argument('--sizes', type=int, nargs='+', default=[224, 512, 1024, 2048, 4096])
     parser.add_argument('--train-sizes', type=int, nargs='*', default=[512, 1024])
     parser.add_argument('--masks', nargs='+', default=['bidirectional_2d', 'causal_2d'])
-    parser.add_argument('--chunk', type=int, default=1024, help='chunk tokens (chunkwise)')
+    parser.add_argument('--chunk', type=int, default=256, help='cells per chunkwise tile')
     parser.add_argument('--compile', type=int, default=0, metavar='S',
                         help='also time inductor compile at S x S (0: no)')
     parser.add_argument('--repeats', type=int, default=2)
-    parser.add_argument('--threads', type=int, default=1)
+    parser.add_argument('--threads', type=int, nargs='+', default=[1, 2])
+    parser.add_argument('--raised-mmap-threshold', action='store_true',
+                        help="raise glibc's mmap threshold in the children (freed pages kept)")
     parser.add_argument('--timeout', type=float, default=1200)
     add_output_args(parser, '224² forward and training step only, 1 repeat')
     args = parser.parse_args(argv)
     if args.quick:
         args.sizes, args.train_sizes, args.repeats, args.timeout = [224], [224], 1, 300
+        args.threads = args.threads[:1]
     machine = dict(cpu=cpu_name(), load_start=loadavg(), gflops=matmul_speed()[0])
     started, results = time.time(), []
     for cfg in configurations(args):
@@ -296,7 +387,7 @@ def main(argv):
             record = dict(status='skipped', note=reason)
         else:
             records, code, err = launch(__file__, 'run', cfg, cfg['timeout'] + 60,
-                                        env=MALLOC_ENV)
+                                        env=MALLOC_ENV if args.raised_mmap_threshold else None)
             record = records[-1] if records else failure(code, err, cfg['timeout'])
         results.append(dict(cfg, **record))
         print(table([results[-1]])[-1], flush=True)
