@@ -7,7 +7,7 @@ import vir_dense  # noqa: F401  (registers the models)
 from vir_dense.models.archs import VARIANTS
 from vir_dense.ops.retention import stream_pieces
 
-PARAM_COUNTS_M = {  # with a 1000-class head (VIR_SPEC)
+PARAM_COUNTS_M = {  # with a 1000-class head (the paper's sizes)
     'vir_small_patch16_224': 22.06,
     'vir_base_patch16_224': 86.59,
     'vir_large_patch16_224': 304.37,

@@ -1,7 +1,7 @@
 """Recurrent retention: one token at a time, states of size d x d, no N x N tensor.
 
 Column states carry the vertical recurrence and a running row state the horizontal one
-(VIR_SPEC, 2D retention): C_x <- gamma C_x + k^T v, S <- gamma S + C_x, o = q S.
+(2D retention as a recurrence): C_x <- gamma C_x + k^T v, S <- gamma S + C_x, o = q S.
 A 1D mask is the same on a one-column grid (then S = C_0). Bidirectional masks add a backward
 pass along each row and a bottom-up sweep over rows, each excluding what the other counted.
 
