@@ -97,8 +97,10 @@ class _Family:
         self.carries = [DecaySum(step_gamma, steps, kind, dtype) for kind in kinds]
         self.mix = None
         if mix_length > 1:
+            # blocked past one block: an in-place solve costs its length per element and runs
+            # far below matmul speed (64-column solves took 55% of a call at 1024²)
             self.mix = DecaySum(gamma, mix_length, 'causal' if causal else 'symmetric', dtype,
-                                block=mix_block)
+                                block=mix_block, direct_max=mix_block)
         # [side][flipped]: the cells' tokens one tile step away
         self.shifted = [[gather.shifted(flip, offset, step_of_cell, steps)
                          for flip in (0, 1)]

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from .decay import decay_powers
 
 KINDS = ('causal', 'anticausal', 'symmetric', 'causal_strict', 'anticausal_strict')
-DIRECT_MAX = 64  # axes up to this length: one Toeplitz matmul
+DIRECT_MAX = 64  # axes up to this length (by default): one Toeplitz matmul or solve
 BLOCK = 16
 
 
@@ -132,16 +132,16 @@ class DecaySum:
     Built once per geometry (the matrices and powers are constants of the forward pass).
     """
 
-    def __init__(self, gamma, length, kind, dtype, block=BLOCK):
+    def __init__(self, gamma, length, kind, dtype, block=BLOCK, direct_max=DIRECT_MAX):
         if kind not in KINDS:
             raise ValueError(f'unknown decay sum {kind!r}; choose one of {KINDS}')
         self.length = length
         self.blocks = 0
         self.scans = None
         if not kind.endswith('strict'):
-            self.scans = _Scans(gamma, min(length, block) if length > DIRECT_MAX else length,
-                                kind, dtype)
-        if length <= DIRECT_MAX:
+            direct = length <= max(direct_max, block)
+            self.scans = _Scans(gamma, length if direct else block, kind, dtype)
+        if length <= max(direct_max, block):
             self.matrix = _Batched(toeplitz(gamma, length, kind, dtype))
             return
         strict = kind.endswith('strict')
