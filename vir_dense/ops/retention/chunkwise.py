@@ -41,9 +41,10 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .decay import DEFAULT_CHUNK, TokenLayout, compute_dtype, decay_matrix, decay_powers, \
-    make_layout, mask_spec
+from .decay import DEFAULT_CHUNK, TokenLayout, compute_dtype, decay_powers, make_layout, \
+    mask_spec
 from .decay_sum import BLOCK, DecaySum
+from .parallel import parallel_decay_mask
 
 
 def rows_per_chunk(chunk_size, cols):
@@ -165,7 +166,6 @@ class _Gather:
 
 def _tile_mask(gamma, height, width, causal, dtype):
     """(H, L, L) decay mask inside one R x T tile (row-major cells)."""
-    from .parallel import parallel_decay_mask
     return parallel_decay_mask(gamma, TokenLayout(height, width), causal, dtype)
 
 
@@ -405,6 +405,8 @@ def stream_plan(gamma, rows, cols, dtype):
         return _StreamPlan(gamma, rows, cols, dtype)
     key = ('stream', tuple(gamma.tolist()), rows, cols, dtype, gamma.device)
     if key not in _PLANS:
+        if len(_PLANS) >= 16:
+            _PLANS.clear()
         with torch.inference_mode(False), torch.no_grad():  # kept: normal tensors
             _PLANS[key] = _StreamPlan(gamma, rows, cols, dtype)
     return _PLANS[key]
