@@ -274,16 +274,19 @@ def _family(q, keys_values, family, head_groups, flip, carry_axis, out=None):
     full width; 3: along the band, then mixed over the tile's rows)."""
     batch, heads, first, second, lines, length, dim = q.shape
     step = heads // head_groups
+    sliced = head_groups > 1
+    if out is None and sliced:
+        out = torch.zeros_like(q)
     for start in range(0, heads, step):
         hs = slice(start, start + step)
-        sliced = head_groups > 1
-        qs = q[:, hs] if sliced else q
+
+        def part(t):  # this slice's heads (dim 1), or the tensor itself when unsliced
+            return t[:, hs] if sliced else t
         for side, carry in enumerate(family.carries):
-            source = keys_values[:, :, hs] if sliced else keys_values
+            source = keys_values[:, :, hs] if sliced else keys_values  # heads: dim 2
             ks, vs = source.index_select(3, family.shifted[side][flip]).unbind(0)
-            weights = family.key_weights[side]
             ks.view(batch, step, first, second, lines, length, dim).mul_(
-                weights[:, hs] if sliced else weights)
+                part(family.key_weights[side]))
             states = torch.bmm(ks.view(-1, length, dim).transpose(1, 2),
                                vs.view(-1, length, dim))  # (lines, d, d) per tile
             del ks, vs
@@ -296,17 +299,14 @@ def _family(q, keys_values, family, head_groups, flip, carry_axis, out=None):
             if family.mix is not None:
                 states = family.mix.inplace(
                     states.view(batch, step, mixed_groups, -1, dim * dim), hs)
-            read = torch.bmm(qs.reshape(-1, length, dim), states.reshape(-1, dim, dim))
+            read = torch.bmm(part(q).reshape(-1, length, dim), states.reshape(-1, dim, dim))
             del states
             read = read.view(batch, step, first, second, lines, length, dim)
-            weights = family.query_weights[side]
-            weights = weights[:, hs] if sliced else weights
-            if out is None:
-                out = read.mul_(weights) if not sliced else torch.zeros_like(q)
-                if sliced:
-                    out[:, hs].addcmul_(read, weights)
+            weights = part(family.query_weights[side])
+            if out is None:  # unsliced, first side: the read is the output
+                out = read.mul_(weights)
             else:
-                (out[:, hs] if sliced else out).addcmul_(read, weights)
+                part(out).addcmul_(read, weights)
     return out
 
 
