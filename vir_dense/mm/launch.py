@@ -1,10 +1,13 @@
 """Starting an mmengine run on the machine at hand: CUDA, or CPU with gloo; the environment
 dump in the log file, not on the console."""
 import logging
+import os
+import time
 from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
+from mmengine.logging import MMLogger
 from mmengine.runner import Runner
 
 from .logger_hook import use_rank_zero_logger
@@ -54,6 +57,22 @@ def _console_quiet(logger):
             handler.setLevel(level)
 
 
+def avoid_reused_run_name(cfg):
+    """mmengine names a run '<config>_<second>' and reuses the logger of that name: a second
+    run of one config in the same process within one second (an in-process tool run) would log
+    into the first run's directory. Only then, the run gets a numbered name of its own."""
+    if cfg.get('experiment_name') or not cfg.filename:
+        return
+    base = f'{os.path.splitext(os.path.basename(cfg.filename))[0]}_' \
+           f'{time.strftime("%Y%m%d_%H%M%S", time.localtime())}'
+    name, number = base, 1
+    while MMLogger.check_instance_created(name):
+        number += 1
+        name = f'{base}_{number}'
+    if name != base:
+        cfg.experiment_name = name
+
+
 def build_runner(cfg, verbose=False):
     """The config's runner (``runner_type``), else mmengine's Runner; unless ``verbose``, one
     that keeps the environment dump out of the console (it is still in the log file). The
@@ -61,6 +80,7 @@ def build_runner(cfg, verbose=False):
     every rank)."""
     from mmengine.registry import RUNNERS
     use_rank_zero_logger(cfg)
+    avoid_reused_run_name(cfg)
     if 'runner_type' in cfg:
         return RUNNERS.build(cfg)
     return (Runner if verbose else FileLoggedEnvRunner).from_cfg(cfg)
