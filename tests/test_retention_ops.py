@@ -253,6 +253,11 @@ def test_auto_mode_picks_parallel_for_short_sequences_and_chunkwise_above():
     assert resolve_mode('auto', 2048, 1024) == 'parallel'
     assert resolve_mode('auto', 2049, 16) == 'chunkwise'
     assert resolve_mode('recurrent', 10, 1024) == 'recurrent'
+    # with a memory budget, 'auto' keeps the parallel form only where its N x N scores fit
+    scores = 6 * 1025 * 1025 * 4  # ViR-S heads, float32
+    assert resolve_mode('auto', 1025, memory_budget=scores, batch_heads=6) == 'parallel'
+    assert resolve_mode('auto', 1025, memory_budget=scores - 1, batch_heads=6) == 'chunkwise'
+    assert resolve_mode('parallel', 1025, memory_budget=1, batch_heads=6) == 'parallel'
 
 
 # Tile geometry: (grid, chunk_size) with tiles that do not divide the grid, one band, one tile
@@ -267,7 +272,7 @@ SCHEDULES = {'vir': decay_gammas(3), 'local': decay_gammas(3, exponents=(1, 5))}
 def test_tiled_geometries_match_naive(mask, schedule):
     """Every tile geometry, with and without class token, both decay schedules, with and
     without autograd, and under head/tile slices, equals the float64 reference."""
-    from vir_dense.ops.retention.chunkwise import _tiled, tile_plan
+    from vir_dense.ops.retention.chunkwise import _in_head_groups, tile_plan
     gamma = SCHEDULES[schedule]
     spec = mask_spec(mask)
     for (grid, chunk_size), cls_token in itertools.product(TILED, [False, True]):
@@ -282,7 +287,7 @@ def test_tiled_geometries_match_naive(mask, schedule):
         layout = make_layout(spec, q.shape[2], grid, cls_token)
         plan = tile_plan(gamma, layout, chunk_size, spec.causal, torch.float64)
         for slices in [(3, 1), (1, 2), (3, 3)]:
-            torch.testing.assert_close(_tiled(q, k, v, plan, *slices), reference, rtol=0,
+            torch.testing.assert_close(_in_head_groups(q, k, v, plan, *slices), reference, rtol=0,
                                        atol=1e-10, msg=f'{grid} slices {slices}')
 
 

@@ -61,6 +61,32 @@ def test_same_weights_same_logits_in_every_mode(mask):
     model.set_retention_mode('parallel')
 
 
+def test_memory_budget_changes_memory_not_results():
+    """retention_memory_budget (bytes per retention call) slices the chunkwise operator:
+    the same features, in eval and under autograd; a bad budget is refused at construction;
+    a model that ran eagerly at another size still scripts."""
+    from vir_dense.ops.retention.chunkwise import slices_for_budget, transient_elements
+    model = _small_model('bidirectional_2d', retention_mode='chunkwise', chunk_size=8,
+                         dynamic_img_size=True)
+    image = torch.randn(1, 3, 96, 128, dtype=torch.float64, requires_grad=True)
+    geometry = (1, 3, 7, 8, 64, 8, False)  # 6 x 8 patches + the class token's row, 3 heads
+    budget = 8 * transient_elements(*geometry) // 2
+    assert slices_for_budget(budget, *geometry, element_bytes=8) != (1, 1)
+    results = []
+    for memory_budget in (None, budget):
+        model.retention_memory_budget = memory_budget
+        features = model.forward_features(image)
+        gradient, = torch.autograd.grad(features.square().sum(), image)
+        results.append((features, gradient))
+    for expected, got in zip(*results):
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-10)
+    with pytest.raises(ValueError, match='retention_memory_budget must be a positive'):
+        timm.create_model('vir_tiny_patch16_224', retention_memory_budget=0.5)
+    scripted = torch.jit.script(model)
+    torch.testing.assert_close(scripted.forward_features(image.detach()), results[0][0].detach(),
+                               rtol=0, atol=1e-10)
+
+
 def test_create_model_kwargs_select_the_mode():
     model = timm.create_model('vir_tiny_patch16_224', retention_mode='chunkwise', chunk_size=64,
                               mask='causal_1d')

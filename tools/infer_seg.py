@@ -1,8 +1,8 @@
 """Semantic segmentation of images, folders or globs with a trained segmentor.
 
     python tools/infer_seg.py CONFIG CKPT INPUTS... [--out-dir DIR] [--device cpu]
-        [--retention-mode parallel|chunkwise|recurrent] [--chunk-size N] [--mode whole|slide]
-        [--scale config|none|W,H] [--opacity 0.5]
+        [--retention-mode parallel|chunkwise|recurrent] [--chunk-size N] [--memory-budget MIB]
+        [--mode whole|slide] [--scale config|none|W,H] [--opacity 0.5]
 
 Per image, in --out-dir: <stem>_color.png (class colours of the dataset palette),
 <stem>_overlay.png (colours blended on the image) and <stem>_label.png (class ids, uint8, or
@@ -12,6 +12,7 @@ meta.dataset_meta, else from the config's dataset.
 High resolution without sliding windows: --retention-mode chunkwise --chunk-size 256 runs the
 ViR backbone in its chunkwise form (memory linear in the number of pixels) on the whole image,
 and --scale none keeps the image's own resolution instead of the config's test-time resize.
+--memory-budget 128 holds each retention call to 128 MiB (same outputs, more ops).
 --mode slide keeps mmseg's sliding window (512 crops, stride 341) for comparison.
 
 Unreadable files are reported and skipped; the exit status is 1 if any image failed.
@@ -51,6 +52,9 @@ def parse_args(argv=None):
                              'and recurrent imply --mode whole (default: the config\'s)')
     parser.add_argument('--chunk-size', type=int, help='cells per tile in chunkwise mode '
                         '(default 256: 16 x 16 tiles)')
+    parser.add_argument('--memory-budget', type=float, metavar='MIB',
+                        help='MiB one retention call of the ViR backbone may hold (chunkwise: '
+                             'the operator then runs in slices, same outputs; default: no limit)')
     parser.add_argument('--mode', choices=['whole', 'slide'],
                         help='whole-image or sliding-window inference (default: the config\'s, '
                              'whole with chunkwise/recurrent retention)')
@@ -68,6 +72,8 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.chunk_size is not None and args.chunk_size < 1:
         parser.error('--chunk-size must be >= 1')
+    if args.memory_budget is not None and args.memory_budget <= 0:
+        parser.error('--memory-budget must be > 0 MiB')
     if not 0.0 <= args.opacity <= 1.0:
         parser.error('--opacity must be in [0, 1]')
     return args
@@ -90,7 +96,9 @@ def main(argv=None):
         model = init_segmentor(args.config, args.checkpoint, device=args.device,
                                retention_mode=args.retention_mode, chunk_size=args.chunk_size,
                                mode=args.mode, cfg_options=args.cfg_options,
-                               allow_partial=args.allow_partial)
+                               allow_partial=args.allow_partial,
+                               memory_budget=None if args.memory_budget is None
+                               else int(args.memory_budget * 2**20))
     except ValueError as err:  # a retention/test mode the model cannot take
         raise UsageError(str(err)) from None
     backbone = getattr(model, 'backbone', None)

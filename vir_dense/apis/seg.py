@@ -49,31 +49,41 @@ DEFAULT_SLIDE = dict(crop_size=(512, 512), stride=(341, 341))
 def init_segmentor(config, checkpoint: Optional[str] = None, device: str = 'cpu',
                    retention_mode: Optional[str] = None, chunk_size: Optional[int] = None,
                    mode: Optional[str] = None, cfg_options: Optional[dict] = None,
-                   allow_partial: bool = False):
+                   allow_partial: bool = False, memory_budget: Optional[int] = None):
     """A segmentor in eval mode with the checkpoint's weights and dataset meta, built and loaded
     as :func:`vir_dense.apis.build.init_model` does for detectors too (a checkpoint of another
     config raises :class:`~vir_dense.errors.CheckpointMismatchError` naming what differs);
-    ``retention_mode``, ``chunk_size`` and ``mode``: see :func:`configure_inference`."""
+    ``retention_mode``, ``chunk_size``, ``mode`` and ``memory_budget``: see
+    :func:`configure_inference`."""
     model = init_model(config, checkpoint, device, 'mmseg', cfg_options, allow_partial)
-    return configure_inference(model, retention_mode, chunk_size, mode)
+    return configure_inference(model, retention_mode, chunk_size, mode,
+                               memory_budget=memory_budget)
 
 
 def configure_inference(model, retention_mode: Optional[str] = None,
                         chunk_size: Optional[int] = None, mode: Optional[str] = None,
                         crop_size: Optional[Tuple[int, int]] = None,
-                        stride: Optional[Tuple[int, int]] = None):
+                        stride: Optional[Tuple[int, int]] = None,
+                        memory_budget: Optional[int] = None):
     """Set the backbone's retention form and the segmentor's test mode (in place).
 
     ``retention_mode`` 'chunkwise' or 'recurrent' (linear memory) implies whole-image
     inference unless ``mode`` says otherwise; 'parallel' keeps the config's test mode.
     ``mode='slide'`` uses ``crop_size``/``stride`` (default: the config's, else 512 / 341).
-    Works on any mmseg EncoderDecoder (e.g. one from mmseg's ``init_model``).
+    ``memory_budget``: bytes one chunkwise retention call may hold (the backbone's
+    ``retention_memory_budget``). Works on any mmseg EncoderDecoder (e.g. one from mmseg's
+    ``init_model``).
     """
-    if retention_mode is not None or chunk_size is not None:
+    if retention_mode is not None or chunk_size is not None or memory_budget is not None:
         backbone = getattr(model, 'backbone', None)
         if not hasattr(backbone, 'set_retention_mode'):
-            raise ValueError(f'--retention-mode/--chunk-size need a ViR backbone; this model '
-                             f'has {type(backbone).__name__}')
+            raise ValueError('--retention-mode/--chunk-size/--memory-budget need a ViR '
+                             f'backbone; this model has {type(backbone).__name__}')
+        if memory_budget is not None:
+            if memory_budget < 1:
+                raise ValueError(f'memory_budget must be a positive number of bytes, '
+                                 f'got {memory_budget}')
+            backbone.retention_memory_budget = int(memory_budget)
         if retention_mode is not None and retention_mode not in RETENTION_MODES:
             raise ValueError(f'retention_mode must be one of {RETENTION_MODES}, '
                              f'got {retention_mode!r}')
@@ -82,6 +92,8 @@ def configure_inference(model, retention_mode: Optional[str] = None,
         if cfg is not None and isinstance(cfg.get('model', {}).get('backbone'), dict):
             cfg.model.backbone.retention_mode = backbone.retention_mode  # keep .cfg truthful
             cfg.model.backbone.chunk_size = backbone.chunk_size
+            if memory_budget is not None:
+                cfg.model.backbone.retention_memory_budget = backbone.retention_memory_budget
         if mode is None and retention_mode in ('chunkwise', 'recurrent'):
             mode = 'whole'
     if mode is not None:

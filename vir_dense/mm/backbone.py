@@ -73,6 +73,10 @@ class ViR(ViRTrunk, BaseModule):
             stride-2 conv stage: maps at strides 4 and 8 (for patch 16).
         extra_pool: also return a stride-2 max-pool of the last ViR map (stride 2 x patch,
             ViTDet's 0.5 level), so that patch 16 gives strides 16 and 32 for an FPN.
+        retention_memory_budget: bytes one chunkwise retention call may hold at once (None: no
+            limit). The operator then runs in head groups and tile slices: same outputs, more
+            ops; 'auto' takes the parallel form only where its scores fit. E.g. 128 * 2**20
+            holds a ViR-S call at 2048² to ~110 MiB instead of ~270 (docs/benchmarks.md).
         init_cfg: dict(type='Pretrained', checkpoint=PATH or 'timm/<model>',
             allow_partial=False) imports ViR, timm ViT/DeiT or mmdet/mmseg checkpoints
             (vir_dense.models.convert, loaded by vir_dense.mm.checkpoint), with a report of
@@ -85,7 +89,7 @@ class ViR(ViRTrunk, BaseModule):
                  decay_exponents=(5.0, 9.0), drop_path_rate=0.1, init_values=1e-5,
                  with_cls_token=None, final_norm=True, with_cp=False,
                  frozen_stages=-1, spatial_prior=None, extra_pool=False,
-                 init_cfg=None):
+                 retention_memory_budget=None, init_cfg=None):
         settings = _arch_settings(arch)
         super().__init__(img_size=img_size, patch_size=patch_size, in_chans=in_channels,
                          embed_dim=settings['embed_dims'], depth=settings['num_layers'],
@@ -93,7 +97,8 @@ class ViR(ViRTrunk, BaseModule):
                          drop_path_rate=drop_path_rate, mask=mask,
                          retention_mode=retention_mode, chunk_size=chunk_size,
                          normalize_retention=normalize_retention,
-                         decay_exponents=decay_exponents, dynamic_img_size=True)
+                         decay_exponents=decay_exponents, dynamic_img_size=True,
+                         retention_memory_budget=retention_memory_budget)
         self.init_cfg = init_cfg
         num_layers = settings['num_layers']
         self.out_indices = tuple(i % num_layers for i in out_indices)

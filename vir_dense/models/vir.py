@@ -17,7 +17,7 @@ a scripted or traced ViR does and does not do.
 """
 import warnings
 from functools import partial
-from typing import Dict, NamedTuple, Tuple
+from typing import Dict, NamedTuple, Optional, Tuple
 
 import torch
 import torch.fx
@@ -35,7 +35,7 @@ except ImportError:  # older timm: the patch embedding's own img_size is all the
         return None
 
 from vir_dense.ops.retention import (DEFAULT_CHUNK, PAPER_DECAY_EXPONENTS,
-                                     check_mode, decay_gammas, mask_spec, resolve_mode,
+                                     check_mode, compute_dtype, decay_gammas, mask_spec, resolve_mode,
                                      retention, retention_stream, stream_pieces)
 
 from .archs import VARIANTS, variant_kwargs
@@ -56,6 +56,7 @@ class RetentionContext(NamedTuple):
     cls_token: bool
     chunk_size: int
     normalize: bool = False  # divide by decay-mask row sums (retention(normalize=True))
+    memory_budget: Optional[int] = None  # bytes one chunkwise call may hold (None: no limit)
 
 
 _DECAY_CACHE: Dict[tuple, torch.Tensor] = {}
@@ -79,7 +80,8 @@ def cached_decay(num_heads: int, exponents: Tuple[float, float], device) -> torc
 @torch.jit.ignore
 def retention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: str, mode: str,
                  rows: int, cols: int, cls_token: bool, chunk_size: int, normalize: bool,
-                 decay_first: float, decay_last: float) -> torch.Tensor:
+                 decay_first: float, decay_last: float,
+                 memory_budget: Optional[int] = None) -> torch.Tensor:
     """The model's one call into vir_dense.ops.retention, with plain arguments.
 
     A leaf for graph capture: torch.fx (plain symbolic_trace, via torch.fx.wrap below, and
@@ -93,7 +95,8 @@ def retention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: str, m
     """
     gamma = cached_decay(q.shape[1], (decay_first, decay_last), q.device)
     return retention(q, k, v, mask=mask, mode=mode, grid=(rows, cols), cls_token=cls_token,
-                     chunk_size=chunk_size, gamma=gamma, normalize=normalize)
+                     chunk_size=chunk_size, gamma=gamma, normalize=normalize,
+                     memory_budget=memory_budget)
 
 
 def resized_position_embedding(pos_embed: torch.Tensor, rows: int, cols: int, base_rows: int,
@@ -153,7 +156,7 @@ class MultiHeadRetention(nn.Module):
         q, k, v = self._split_heads(x)
         out = retention_op(q, k, v, ctx.mask, ctx.mode, ctx.grid[0], ctx.grid[1], ctx.cls_token,
                            ctx.chunk_size, ctx.normalize, self.decay_exponents[0],
-                           self.decay_exponents[1])
+                           self.decay_exponents[1], ctx.memory_budget)
         return self._merge_heads(out)
 
     def forward_stream(self, x, state, piece):
@@ -206,7 +209,10 @@ def run_blocks(blocks, x, ctx: RetentionContext, out_indices=(), with_cp=False,
     """
     traced = _is_traced(x)
     if not traced:  # under torch.fx the operator resolves 'auto' when the graph runs
-        ctx = ctx._replace(mode=resolve_mode(ctx.mode, x.shape[1], ctx.chunk_size))
+        heads = blocks[0].retention.num_heads if len(blocks) else 1
+        ctx = ctx._replace(mode=resolve_mode(ctx.mode, x.shape[1], ctx.chunk_size,
+                                             ctx.memory_budget, x.shape[0] * heads,
+                                             compute_dtype(x.dtype).itemsize))
     taps = {}
     # Streaming (one piece through all blocks, one state per block) bounds memory when only
     # the last token is wanted, and is what recurrent mode is; dense outputs need every token
@@ -250,13 +256,15 @@ class ViRTrunk(nn.Module):
     both have the same parameter names and the same forward code.
     """
     __jit_unused_properties__ = ['mask']  # TorchScript reads mask_name
+    # eager-only cache (tuple keys TorchScript cannot type); scripted graphs resize in the graph
+    __jit_ignored_attributes__ = ['_pos_embed_cache']
 
     def __init__(self, img_size=224, patch_size=16, in_chans=3, embed_dim=384, depth=12,
                  num_heads=6, mlp_ratio=4.0, qkv_bias=True, init_values=1e-5, pos_drop_rate=0.0,
                  proj_drop_rate=0.0, drop_path_rate=0.0, mask='causal_2d',
                  retention_mode='parallel', chunk_size=DEFAULT_CHUNK, normalize_retention=False,
                  decay_exponents=PAPER_DECAY_EXPONENTS, dynamic_img_size=False,
-                 norm_layer=None, act_layer=None):
+                 norm_layer=None, act_layer=None, retention_memory_budget=None):
         super().__init__()
         norm_layer = norm_layer or partial(nn.LayerNorm, eps=1e-6)
         self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
@@ -267,6 +275,14 @@ class ViRTrunk(nn.Module):
         # vir_dense.ops.retention.retention), so their scale no longer grows with image size.
         self.normalize_retention = normalize_retention
         self.set_retention_mode(retention_mode, chunk_size, mask)
+        # Bytes one chunkwise retention call may hold at once (None: no limit): the operator
+        # then runs in head groups / tile slices, with the same result and more ops.
+        if retention_memory_budget is not None and (
+                isinstance(retention_memory_budget, bool) or
+                not isinstance(retention_memory_budget, int) or retention_memory_budget < 1):
+            raise ValueError('retention_memory_budget must be a positive number of bytes or '
+                             f'None, got {retention_memory_budget!r}')
+        self.retention_memory_budget = retention_memory_budget
 
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim,
                                       output_fmt='NHWC', strict_img_size=not dynamic_img_size)
@@ -368,7 +384,8 @@ class ViRTrunk(nn.Module):
 
     def context(self, grid: Tuple[int, int], with_cls_token: bool = True) -> RetentionContext:
         return RetentionContext(self.mask_name, self.retention_mode, grid, with_cls_token,
-                                self.chunk_size, self.normalize_retention)
+                                self.chunk_size, self.normalize_retention,
+                                self.retention_memory_budget)
 
     def forward_blocks(self, x, ctx: RetentionContext, last_token_only: bool = False):
         """All blocks on tokens x: run_blocks in eager mode and under torch.fx; a plain loop

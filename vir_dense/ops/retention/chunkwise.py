@@ -24,11 +24,12 @@ about 4 d^2 (build and read) plus its carry and mix, ~190k FLOPs at d = 64 on ev
 
 Transient memory per call (`transient_elements`, checked against
 tools/analysis_tools/measure_retention_memory.py), in elements of the compute dtype, for B
-batch, H heads, N_p padded cells, d head dim:
-    B H N_p max(7 d + L / query_groups, 5 d + d^2 / (R head_groups), 6 d + d^2 / (T head_groups))
+batch, H heads, N_p padded cells, d head dim, split into g head groups and s query slices:
+    B H N_p (max(7 d + L / s, 5 d + d^2 / R, 6 d + d^2 / T) / g  +  d [if g > 1])
 the peak of three phases: the intra-tile scores next to q, k, v and the output in tile order;
 then one side's states of the column family, then of the row family, next to their tiles.
-`memory_budget` (bytes) picks the fewest head or tile slices that fit (same result, more ops).
+`memory_budget` (bytes) picks the fewest slices that fit (same result, more ops): each head
+group is a whole call on its heads (its own tile-order copies), written into one output.
 
 Training saves only q, k, v: the backward pass is three more chunkwise retentions (the gradient
 of (Q K^T ⊙ D) V is retention with D or D^T; D^T is D on the grid flipped in both axes, which
@@ -177,10 +178,11 @@ def transient_elements(batch, heads, rows, cols, dim, chunk_size, causal, head_g
     cells = bands * height * tile_cols * width
     phases = [7 * dim + height * width / query_groups]  # q, k, v, out, ... and the scores
     if bands > 1:  # keys/values (2), queries, a side's keys/values (2) and one state tensor
-        phases.append(5 * dim + dim * dim / height / head_groups)
+        phases.append(5 * dim + dim * dim / height)
     if tile_cols > 1:
-        phases.append(6 * dim + dim * dim / width / head_groups)
-    return int(batch * heads * cells * max(phases))
+        phases.append(6 * dim + dim * dim / width)
+    output = dim if head_groups > 1 else 0  # the groups' results, gathered in one tensor
+    return int(batch * heads * cells * (max(phases) / head_groups + output))
 
 
 def slices_for_budget(budget_bytes, batch, heads, rows, cols, dim, chunk_size, causal,
@@ -216,13 +218,14 @@ def tile_plan(gamma, layout, chunk_size, causal, dtype):
     return _PLANS[key]
 
 
-def _tiled(q, k, v, plan, head_groups=1, query_groups=1, flip=False):
-    """Retention of (B, H, N, d) q, k, v in the compute dtype (no autograd inside).
+def _tiled(q, k, v, plan, heads=slice(None), query_groups=1, flip=False):
+    """Retention of (B, h, N, d) q, k, v in the compute dtype (no autograd inside); they hold
+    the plan's heads `heads` (a slice).
 
     flip: under D^T (the grid flipped in both axes: reversed cell order), for the backward.
     """
-    batch, heads, _, dim = q.shape
-    tiles = (batch, heads, plan.bands, plan.tile_cols)
+    batch, num_heads, _, dim = q.shape
+    tiles = (batch, num_heads, plan.bands, plan.tile_cols)
     side = int(flip)
     # Keys and values side by side, with the zero token that empty cells read: one gather
     # serves both (and one large buffer is kinder to the allocator than two).
@@ -231,82 +234,89 @@ def _tiled(q, k, v, plan, head_groups=1, query_groups=1, flip=False):
     if plan.columns is not None:  # other bands, read in column-major tiles
         queries = q.index_select(2, plan.gathers[1].keys[side])
         columns = _family(queries.view(tiles + (plan.width, plan.height, dim)), keys_values,
-                          plan.columns, head_groups, side, carry_axis=2)
+                          plan.columns, heads, side, carry_axis=2)
         del queries
     cells = plan.gathers[0]
     shape = tiles + (plan.height, plan.width, dim)
     queries = q.index_select(2, cells.keys[side]).view(shape)
     keys, values = keys_values.index_select(3, cells.values[side]).unbind(0)
-    out = _intra_tiles(queries, keys.view(shape), values.view(shape), plan, query_groups)
+    out = _intra_tiles(queries, keys.view(shape), values.view(shape), _of_heads(plan.intra_mask, heads),
+                       query_groups)
     del keys, values
     if columns is not None:  # column-major into the row-major output
         out.add_(columns.transpose(4, 5))
         del columns
     if plan.rows is not None:  # other tiles of the band
-        _family(queries, keys_values, plan.rows, head_groups, side, carry_axis=3, out=out)
-    return out.view(batch, heads, plan.cells, dim).index_select(2, cells.cells[side])
+        _family(queries, keys_values, plan.rows, heads, side, carry_axis=3, out=out)
+    return out.view(batch, num_heads, plan.cells, dim).index_select(2, cells.cells[side])
 
 
-def _intra_tiles(q, k, v, plan, query_groups):
-    """Masked attention inside every tile: (B, H, Gy, Gx, R, T, d)."""
+def _of_heads(constant, heads):
+    """A (1, H, ...) plan constant for the heads of a call (itself for all: no slice op)."""
+    return constant if heads == slice(None) else constant[:, heads]
+
+
+def _in_head_groups(q, k, v, plan, head_groups=1, query_groups=1, flip=False):
+    """`_tiled` on all heads at once, or group by group into one output (memory_budget)."""
+    if head_groups == 1:
+        return _tiled(q, k, v, plan, slice(None), query_groups, flip)
+    out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    step = q.shape[1] // head_groups
+    for start in range(0, q.shape[1], step):
+        heads = slice(start, start + step)
+        out[:, heads] = _tiled(q[:, heads], k[:, heads], v[:, heads], plan, heads,
+                               query_groups, flip)
+    return out
+
+
+def _intra_tiles(q, k, v, mask, query_groups):
+    """Masked attention inside every tile: (B, h, Gy, Gx, R, T, d); mask (1, h, 1, L, L)."""
     shape = q.shape
-    size = plan.height * plan.width
+    size = shape[4] * shape[5]
     if query_groups == 1:
         q, k, v = (t.view(-1, size, shape[-1]) for t in (q, k, v))
         scores = torch.bmm(q, k.transpose(1, 2))
-        scores.view(shape[0], shape[1], -1, size, size).mul_(plan.intra_mask)
+        scores.view(shape[0], shape[1], -1, size, size).mul_(mask)
         return torch.bmm(scores, v).view(shape)
     q, k, v = (t.view(shape[0], shape[1], -1, size, shape[-1]) for t in (q, k, v))
     out = torch.empty_like(q)
     step = -(-q.shape[2] // query_groups)
     for lo in range(0, q.shape[2], step):
         part = slice(lo, lo + step)
-        scores = (q[:, :, part] @ k[:, :, part].transpose(-1, -2)).mul_(plan.intra_mask)
+        scores = (q[:, :, part] @ k[:, :, part].transpose(-1, -2)).mul_(mask)
         out[:, :, part] = scores @ v[:, :, part]
     return out.view(shape)
 
 
-def _family(q, keys_values, family, head_groups, flip, carry_axis, out=None):
+def _family(q, keys_values, family, heads, flip, carry_axis, out=None):
     """What each query reads from the family's other tiles, added to `out` (a new tensor if
-    None). q and out: (B, H, A, Bt, lines, cells per line, d) tiles; keys_values: (2, B, H,
-    N + 1, d) tokens and a zero token, gathered per side one tile step away. The states of a
-    line's tile are carried along dim `carry_axis` (2: down the bands, then mixed across the
-    full width; 3: along the band, then mixed over the tile's rows)."""
-    batch, heads, first, second, lines, length, dim = q.shape
-    step = heads // head_groups
-    sliced = head_groups > 1
-    if out is None and sliced:
-        out = torch.zeros_like(q)
-    for start in range(0, heads, step):
-        hs = slice(start, start + step)
-
-        def part(t):  # this slice's heads (dim 1), or the tensor itself when unsliced
-            return t[:, hs] if sliced else t
-        for side, carry in enumerate(family.carries):
-            source = keys_values[:, :, hs] if sliced else keys_values  # heads: dim 2
-            ks, vs = source.index_select(3, family.shifted[side][flip]).unbind(0)
-            ks.view(batch, step, first, second, lines, length, dim).mul_(
-                part(family.key_weights[side]))
-            states = torch.bmm(ks.view(-1, length, dim).transpose(1, 2),
-                               vs.view(-1, length, dim))  # (lines, d, d) per tile
-            del ks, vs
-            if carry_axis == 2:  # along A (bands), the rest of a band's tiles as width
-                states = carry.inplace(states.view(batch, step, 1, first, -1), hs)
-                mixed_groups = first
-            else:  # along Bt (tile columns), one group per band
-                states = carry.inplace(states.view(batch, step, first, second, -1), hs)
-                mixed_groups = first * second
-            if family.mix is not None:
-                states = family.mix.inplace(
-                    states.view(batch, step, mixed_groups, -1, dim * dim), hs)
-            read = torch.bmm(part(q).reshape(-1, length, dim), states.reshape(-1, dim, dim))
-            del states
-            read = read.view(batch, step, first, second, lines, length, dim)
-            weights = part(family.query_weights[side])
-            if out is None:  # unsliced, first side: the read is the output
-                out = read.mul_(weights)
-            else:
-                part(out).addcmul_(read, weights)
+    None). q and out: (B, h, A, Bt, lines, cells per line, d) tiles of the plan's heads
+    `heads`; keys_values: (2, B, h, N + 1, d) tokens and a zero token, gathered per side one
+    tile step away. The states of a line's tile are carried along dim `carry_axis` (2: down
+    the bands, then mixed across the full width; 3: along the band, then mixed over the
+    tile's rows)."""
+    batch, num_heads, first, second, lines, length, dim = q.shape
+    if carry_axis == 2:  # along A (bands), the rest of a band's tiles as width
+        carried, mixed_groups = (1, first), first
+    else:  # along Bt (tile columns), one group per band
+        carried, mixed_groups = (first, second), first * second
+    for side, carry in enumerate(family.carries):
+        ks, vs = keys_values.index_select(3, family.shifted[side][flip]).unbind(0)
+        ks.view(q.shape).mul_(_of_heads(family.key_weights[side], heads))
+        states = torch.bmm(ks.view(-1, length, dim).transpose(1, 2),
+                           vs.view(-1, length, dim))  # (lines, d, d) per tile
+        del ks, vs
+        states = carry.inplace(states.view(batch, num_heads, *carried, -1), heads)
+        if family.mix is not None:
+            states = family.mix.inplace(
+                states.view(batch, num_heads, mixed_groups, -1, dim * dim), heads)
+        read = torch.bmm(q.reshape(-1, length, dim), states.reshape(-1, dim, dim))
+        del states
+        weights = _of_heads(family.query_weights[side], heads)
+        if out is None:  # first side: the read is the output
+            out = read.view(q.shape).mul_(weights)
+        else:
+            out.addcmul_(read.view(q.shape), weights)
     return out
 
 
@@ -317,7 +327,7 @@ class _ChunkwiseRetention(torch.autograd.Function):
     def forward(ctx, q, k, v, plan, head_groups, query_groups):
         ctx.save_for_backward(q, k, v)
         ctx.plan, ctx.slices = plan, (head_groups, query_groups)
-        return _tiled(q, k, v, plan, head_groups, query_groups)
+        return _in_head_groups(q, k, v, plan, head_groups, query_groups)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -325,9 +335,9 @@ class _ChunkwiseRetention(torch.autograd.Function):
         plan, slices = ctx.plan, ctx.slices
         grad_out = grad_out.to(q.dtype)
         transposed = plan.causal  # a bidirectional D is symmetric: D^T = D
-        grad_q = _tiled(grad_out, v, k, plan, *slices)
-        grad_k = _tiled(v, grad_out, q, plan, *slices, flip=transposed)
-        grad_v = _tiled(k, q, grad_out, plan, *slices, flip=transposed)
+        grad_q = _in_head_groups(grad_out, v, k, plan, *slices)
+        grad_k = _in_head_groups(v, grad_out, q, plan, *slices, flip=transposed)
+        grad_v = _in_head_groups(k, q, grad_out, plan, *slices, flip=transposed)
         return grad_q, grad_k, grad_v, None, None, None
 
 

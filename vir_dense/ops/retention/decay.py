@@ -47,11 +47,13 @@ def check_mode(mode):
         raise ValueError(f'unknown retention mode {mode!r}; choose one of {list(MODES)}')
 
 
-def resolve_mode(mode, num_tokens, chunk_size=None):
+def resolve_mode(mode, num_tokens, chunk_size=None, memory_budget=None, batch_heads=1,
+                 element_bytes=4):
     """'auto' is 'parallel' up to PARALLEL_MAX_TOKENS (one masked matmul, and autograd keeps
     its scores: the fastest backward), else 'chunkwise' (linear memory, a fixed number of ops,
     a backward that recomputes instead of keeping scores). chunk_size is not used (kept for
-    callers that pass it).
+    callers that pass it). With a memory_budget (bytes), 'auto' takes the parallel form only
+    where its batch_heads x N x N scores fit the budget.
 
     Measured (docs/benchmarks.md, ViR-S): parallel is the faster form at 512² (1,025 tokens);
     from 1024² (4,097 tokens) chunkwise wins.
@@ -59,7 +61,9 @@ def resolve_mode(mode, num_tokens, chunk_size=None):
     check_mode(mode)
     if mode != 'auto':
         return mode
-    return 'parallel' if num_tokens <= PARALLEL_MAX_TOKENS else 'chunkwise'
+    fits = (memory_budget is None or
+            batch_heads * num_tokens * num_tokens * element_bytes <= memory_budget)
+    return 'parallel' if num_tokens <= PARALLEL_MAX_TOKENS and fits else 'chunkwise'
 
 
 PAPER_DECAY_EXPONENTS = (5.0, 9.0)
