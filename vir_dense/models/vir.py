@@ -22,6 +22,7 @@ from typing import Dict, NamedTuple, Optional, Tuple
 import torch
 import torch.fx
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from timm.layers import (DropPath, LayerScale, Mlp, PatchEmbed, register_notrace_function,
                          resample_abs_pos_embed)
@@ -134,6 +135,12 @@ class MultiHeadRetention(nn.Module):
         self.head_dim = dim // num_heads
         self.scale = self.head_dim ** -0.5
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        # q's 1/sqrt(d) is folded into the projection's weights: no scaled copy of q next to
+        # qkv (one token-sized tensor less at the operator's peak and in what autograd keeps)
+        scale = torch.ones(dim * 3)
+        scale[:dim] = self.scale
+        self.register_buffer('qkv_row_scale', scale, persistent=False)
+        self.register_buffer('qkv_weight_scale', scale[:, None].clone(), persistent=False)
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
@@ -143,10 +150,15 @@ class MultiHeadRetention(nn.Module):
         return cached_decay(self.num_heads, self.decay_exponents, device)
 
     def _split_heads(self, x) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q (scaled), k, v as (B, H, N, d) views of one projection."""
         batch, tokens = x.shape[0], x.shape[1]
-        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim)
+        bias = self.qkv.bias
+        if bias is not None:
+            bias = bias * self.qkv_row_scale
+        qkv = F.linear(x, self.qkv.weight * self.qkv_weight_scale, bias)
+        qkv = qkv.reshape(batch, tokens, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        return q * self.scale, k, v
+        return q, k, v
 
     def _merge_heads(self, out):
         batch, tokens = out.shape[0], out.shape[2]

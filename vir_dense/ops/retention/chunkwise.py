@@ -300,6 +300,7 @@ def _family(q, keys_values, family, heads, flip, carry_axis, out=None):
         carried, mixed_groups = (1, first), first
     else:  # along Bt (tile columns), one group per band
         carried, mixed_groups = (first, second), first * second
+    lines_of_q = q.reshape(-1, length, dim)  # the queries of each line, for both sides
     for side, carry in enumerate(family.carries):
         ks, vs = keys_values.index_select(3, family.shifted[side][flip]).unbind(0)
         ks.view(q.shape).mul_(_of_heads(family.key_weights[side], heads))
@@ -310,7 +311,7 @@ def _family(q, keys_values, family, heads, flip, carry_axis, out=None):
         if family.mix is not None:
             states = family.mix.inplace(
                 states.view(batch, num_heads, mixed_groups, -1, dim * dim), heads)
-        read = torch.bmm(q.reshape(-1, length, dim), states.reshape(-1, dim, dim))
+        read = torch.bmm(lines_of_q, states.reshape(-1, dim, dim))
         del states
         weights = _of_heads(family.query_weights[side], heads)
         if out is None:  # first side: the read is the output
