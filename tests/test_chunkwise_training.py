@@ -48,3 +48,50 @@ def test_chunkwise_backward_keeps_only_q_k_v():
         out.sum().backward()
         assert saved and max(saved) <= 2 * 13 * 20 * 8, (mask, max(saved))
         assert sum(saved) <= 3 * 2 * 13 * 20 * 8 + 64, (mask, sum(saved))
+
+
+def _saved_bytes(run, module, x):
+    """Bytes of the tensors autograd keeps for backward, beyond the parameters and input."""
+    skip = {p.untyped_storage().data_ptr() for p in module.parameters()}
+    skip.add(x.untyped_storage().data_ptr())
+    storages = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in skip:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        run(x)
+    return sum(storages.values())
+
+
+def test_training_block_keeps_what_a_vit_block_keeps():
+    """While training, a ViR block folds q's scale and its LayerScales into the linear layers
+    before them: the same gradients, and autograd keeps what a timm ViT block (no LayerScale)
+    keeps plus the three folded weight matrices, not three more token tensors."""
+    from timm.models.vision_transformer import Block as ViTBlock
+    from vir_dense.models.vir import Block, RetentionContext
+    torch.manual_seed(0)
+    dim, grid = 64, (32, 32)
+    ctx = RetentionContext('bidirectional_2d', 'chunkwise', grid, True, 64)
+    block = Block(dim, 2, init_values=0.5).double().train()
+    x = torch.randn(1, grid[0] * grid[1] + 1, dim, dtype=torch.float64, requires_grad=True)
+    kept, grads = [], []
+    for folded in (True, False):
+        block.layer_scaled = folded
+        kept.append(_saved_bytes(lambda t: block(t, ctx), block, x))
+        block.zero_grad()
+        out = block(x, ctx)
+        grad_x, = torch.autograd.grad(out.square().sum(), x, retain_graph=True)
+        out.square().sum().backward()
+        grads.append([grad_x] + [p.grad.clone() for p in block.parameters()])
+    for got, expected in zip(*grads):
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+    token = x.numel() * x.element_size()
+    weights = {m: m.weight.numel() * 8 for m in
+               (block.retention.qkv, block.retention.proj, block.mlp.fc2)}
+    # the two LayerScale inputs are not kept; their folded weight matrices are
+    assert kept[1] - kept[0] == 2 * token - weights[block.retention.proj] - weights[block.mlp.fc2]
+    vit = ViTBlock(dim, 2).double().train()
+    assert kept[0] <= _saved_bytes(vit, vit, x) + sum(weights.values())

@@ -12,6 +12,8 @@ Rows (batch 1, float32, `forward_features`, both models with dynamic_img_size=Tr
   and chunkwise (tiles of --chunk cells);
 - training step (train mode, forward + backward of sum(features^2)) at every --train-sizes for
   ViT-S and ViR-S parallel / chunkwise / auto with `bidirectional_2d`;
+- ViR-S chunkwise `bidirectional_2d` with `retention_memory_budget` (BUDGET_ROWS: a forward
+  at 2048², a training step at 1024²), when those sizes are run;
 - with --compile S: inductor compile time and compiled vs eager latency at S x S.
 
 Every row runs at each of --threads (default 1 and 2). Each row is a fresh child process
@@ -60,7 +62,8 @@ def build(cfg):
         model = timm.create_model(VIT, dynamic_img_size=True)
     else:
         model = timm.create_model(VIR, dynamic_img_size=True, mask=cfg['mask'],
-                                  retention_mode=cfg['mode'], chunk_size=cfg['chunk'])
+                                  retention_mode=cfg['mode'], chunk_size=cfg['chunk'],
+                                  retention_memory_budget=cfg.get('budget'))
     image = torch.randn(1, 3, cfg['size'], cfg['size'])
     if cfg['kind'] == 'train':
         model.train()
@@ -168,6 +171,10 @@ def configurations(args):
             yield cfg('train', 'vit', size)
             for mode in ('parallel', 'chunkwise', 'auto'):
                 yield cfg('train', 'vir', size, mode, 'bidirectional_2d')
+        for kind, size, mib in BUDGET_ROWS:
+            if size in (args.sizes if kind == 'forward' else args.train_sizes):
+                yield cfg(kind, 'vir', size, 'chunkwise', 'bidirectional_2d',
+                          budget=int(mib * MIB))
         if args.compile:
             for mode in ('parallel', 'chunkwise'):
                 yield cfg('compile', 'vir', args.compile, mode, 'bidirectional_2d',
@@ -191,6 +198,8 @@ def label(r):
     if r['model'] == 'vit':
         return 'ViT-S', 'attention (SDPA)'
     mode = r['mode'] + (f' c={r["chunk"]}' if r['mode'] != 'parallel' else '')
+    if r.get('budget'):
+        mode += f', budget {r["budget"] / MIB:g} MiB'
     return f'ViR-S {r["mask"]}', mode
 
 
@@ -227,11 +236,12 @@ def table(results):
     return lines
 
 
-def find(results, kind, size, model, mask=None, mode=None, threads=None):
+def find(results, kind, size, model, mask=None, mode=None, threads=None, budget=None):
+    """The measured rows that match; `budget` None: rows without a memory budget."""
     return [r for r in results if r['status'] == 'ok' and r['kind'] == kind and
             r['size'] == size and r['model'] == model and (mask is None or r['mask'] == mask)
             and (mode is None or r['mode'] == mode)
-            and (threads is None or r['threads'] == threads)]
+            and (threads is None or r['threads'] == threads) and r.get('budget') == budget]
 
 
 # The acceptance targets, as data. ViR-S (bidirectional_2d, its fastest form) against ViT-S:
@@ -250,6 +260,9 @@ MAX_OPS_PER_FORWARD = 2000  # dispatched ATen ops of one chunkwise ViR-S forward
 # same code as before; the tiled chunkwise form may cost at most this much more than it.
 SMALL_IMAGES = (224, 512)
 SMALL_IMAGE_SLACK = 1.1
+# A user who asks for less memory: (step, size, retention_memory_budget in MiB); activation
+# at most ViT-S's, time reported (more ops: the operator runs in head groups).
+BUDGET_ROWS = [('forward', 2048, 128), ('train', 1024, 24)]
 
 
 def ratio_check(results, kind, size, threads, max_time, max_memory, mask='bidirectional_2d'):
@@ -272,6 +285,28 @@ def ratio_check(results, kind, size, threads, max_time, max_memory, mask='bidire
             f'vs {vit[0]["activation"] / MIB:,.0f} MiB = {memory_ratio:.2f}x')
     ok = time_ratio <= max_time and (max_memory is None or memory_ratio <= max_memory)
     return name, ok, text
+
+
+def budget_checks(results, rows=BUDGET_ROWS):
+    for kind, size, mib in rows:
+        for threads in sorted({r['threads'] for r in results}):
+            name = (f'{size}² {kind}, {threads} thread(s), retention_memory_budget={mib:g} MiB: '
+                    'ViR-S activation <= ViT-S (time reported)')
+            vit = find(results, kind, size, 'vit', threads=threads)
+            vir = find(results, kind, size, 'vir', 'bidirectional_2d', 'chunkwise', threads,
+                       budget=int(mib * MIB))
+            if not vit or not vir:
+                yield name, None, 'not measured'
+                continue
+            (a,), (b,) = vit, vir
+            ratio = b['activation'] / max(a['activation'], 1)
+            plain = find(results, kind, size, 'vir', 'bidirectional_2d', 'chunkwise', threads)
+            extra = (f'; without the budget {plain[0]["activation"] / MIB:,.0f} MiB, '
+                     f'{plain[0]["latency_s"]:.2f} s' if plain else '')
+            yield name, ratio <= 1.0, (
+                f'activation {b["activation"] / MIB:,.0f} vs {a["activation"] / MIB:,.0f} MiB '
+                f'= {ratio:.2f}x; time {b["latency_s"]:.2f} vs {a["latency_s"]:.2f} s = '
+                f'{b["latency_s"] / a["latency_s"]:.2f}x, {b["ops"]:,} ops{extra}')
 
 
 def scaling_checks(results, target=SCALING_TARGET):
@@ -298,7 +333,8 @@ def flops_check(results, target=FLOPS_SPREAD):
     name = (f'retention FLOPs per token-head within +-{spread:.0%} of their mean, {low}² to '
             f'{high}² (chunkwise, every mask)')
     rows = [r for r in results if r['status'] == 'ok' and r['model'] == 'vir'
-            and r['mode'] == 'chunkwise' and r['kind'] == 'forward' and low <= r['size'] <= high]
+            and r['mode'] == 'chunkwise' and r['kind'] == 'forward' and low <= r['size'] <= high
+            and not r.get('budget')]
     if not rows:
         return name, None, 'not measured'
     ok, parts = True, []
@@ -312,9 +348,9 @@ def flops_check(results, target=FLOPS_SPREAD):
 
 
 def ops_check(results, limit=MAX_OPS_PER_FORWARD):
-    name = f'ATen ops per ViR-S forward <= {limit:,} at every size (chunkwise)'
+    name = f'ATen ops per ViR-S forward <= {limit:,} at every size (chunkwise, no budget)'
     rows = [r for r in results if r['status'] == 'ok' and r['model'] == 'vir'
-            and r['kind'] == 'forward' and r['mode'] != 'parallel']
+            and r['kind'] == 'forward' and r['mode'] != 'parallel' and not r.get('budget')]
     if not rows:
         return name, None, 'not measured'
     worst = max(rows, key=lambda r: r['ops'])
@@ -348,7 +384,7 @@ def small_image_checks(results, sizes=SMALL_IMAGES, slack=SMALL_IMAGE_SLACK):
 def target_lines(results):
     checks = ([ratio_check(results, *row) for row in RATIO_TARGETS] +
               list(scaling_checks(results)) + [flops_check(results), ops_check(results)] +
-              list(small_image_checks(results)))
+              list(small_image_checks(results)) + list(budget_checks(results)))
     return [f'- **{"N/A" if ok is None else "PASS" if ok else "MISS"}** {name}: {text}'
             for name, ok, text in checks]
 
