@@ -21,6 +21,7 @@ RSS follows the live tensors) or 'raised' (freed pages are kept and reused).
 """
 import argparse
 import json
+import math
 import sys
 
 from benchlib import (MALLOC_ENV, MIB, add_output_args, emit, failure, launch,
@@ -55,6 +56,14 @@ def child(cfg):
     emit(status='ok', measured=peak - base, predicted=predicted, slices=list(slices))
 
 
+def least_budget(size, chunk):
+    """The smallest memory_budget (bytes) a bidirectional ViR-S call at `size` accepts."""
+    from vir_dense.ops.retention.chunkwise import tile_shape, transient_elements
+    side = size // 16
+    tiles = math.prod(tile_shape(chunk, side + 1, side)[::2])
+    return 4 * transient_elements(1, 6, side + 1, side, 64, chunk, False, 6, min(tiles, 64))
+
+
 def main(argv):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--sizes', type=int, nargs='+', default=[1024, 2048, 4096])
@@ -73,10 +82,15 @@ def main(argv):
     runs += [(size, 'bidirectional_2d', mib) for size in args.sizes for mib in args.budgets]
     for size, mask, mib in runs:
         budget = None if mib is None else int(mib * MIB)
-        records, code, err = launch(__file__, 'run', dict(size=size, mask=mask, budget=budget,
-                                                          chunk=args.chunk), 900,
-                                    env=MALLOC_MODES[args.malloc])
-        r = records[-1] if records else failure(code, err, 900)
+        least = least_budget(size, args.chunk)
+        if budget is not None and budget < least:
+            r = dict(status='skipped', note=f'below the least this grid needs '
+                                            f'({least / MIB:,.0f} MiB, one head at a time)')
+        else:
+            records, code, err = launch(__file__, 'run', dict(size=size, mask=mask,
+                                                              budget=budget, chunk=args.chunk),
+                                        900, env=MALLOC_MODES[args.malloc])
+            r = records[-1] if records else failure(code, err, 900)
         results.append(dict(r, size=size, mask=mask, budget_mib=mib))
         label = 'none' if mib is None else f'{mib:g} MiB'
         if r['status'] != 'ok':

@@ -35,8 +35,8 @@ except ImportError:  # older timm: the patch embedding's own img_size is all the
     def update_model_input_size(model, img_size, **model_args):
         return None
 
-from vir_dense.ops.retention import (DEFAULT_CHUNK, PAPER_DECAY_EXPONENTS,
-                                     check_mode, compute_dtype, decay_gammas, mask_spec, resolve_mode,
+from vir_dense.ops.retention import (DEFAULT_CHUNK, PAPER_DECAY_EXPONENTS, check_mode,
+                                     compute_dtype, decay_gammas, mask_spec, resolve_mode,
                                      retention, retention_stream, stream_pieces)
 
 from .archs import VARIANTS, variant_kwargs

@@ -240,8 +240,8 @@ def _tiled(q, k, v, plan, heads=slice(None), query_groups=1, flip=False):
     shape = tiles + (plan.height, plan.width, dim)
     queries = q.index_select(2, cells.keys[side]).view(shape)
     keys, values = keys_values.index_select(3, cells.values[side]).unbind(0)
-    out = _intra_tiles(queries, keys.view(shape), values.view(shape), _of_heads(plan.intra_mask, heads),
-                       query_groups)
+    out = _intra_tiles(queries, keys.view(shape), values.view(shape),
+                       _of_heads(plan.intra_mask, heads), query_groups)
     del keys, values
     if columns is not None:  # column-major into the row-major output
         out.add_(columns.transpose(4, 5))
