@@ -21,7 +21,6 @@ RSS follows the live tensors) or 'raised' (freed pages are kept and reused).
 """
 import argparse
 import json
-import math
 import sys
 
 from benchlib import (MALLOC_ENV, MIB, add_output_args, emit, failure, launch,
@@ -56,14 +55,6 @@ def child(cfg):
     emit(status='ok', measured=peak - base, predicted=predicted, slices=list(slices))
 
 
-def least_budget(size, chunk):
-    """The smallest memory_budget (bytes) a bidirectional ViR-S call at `size` accepts."""
-    from vir_dense.ops.retention.chunkwise import tile_shape, transient_elements
-    side = size // 16
-    tiles = math.prod(tile_shape(chunk, side + 1, side)[::2])
-    return 4 * transient_elements(1, 6, side + 1, side, 64, chunk, False, 6, min(tiles, 64))
-
-
 def main(argv):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--sizes', type=int, nargs='+', default=[1024, 2048, 4096])
@@ -76,13 +67,15 @@ def main(argv):
     args = parser.parse_args(argv)
     if args.quick:
         args.sizes = [256]
+    from vir_dense.ops.retention.chunkwise import least_budget
     rows, results = [], []
     runs = [(size, mask, None) for size in args.sizes
             for mask in ('bidirectional_2d', 'causal_2d')]
     runs += [(size, 'bidirectional_2d', mib) for size in args.sizes for mib in args.budgets]
     for size, mask, mib in runs:
         budget = None if mib is None else int(mib * MIB)
-        least = least_budget(size, args.chunk)
+        side = size // 16  # the grid of the child's ViR-S call, plus its class-token row
+        least = least_budget(1, 6, side + 1, side, 64, args.chunk, False)
         if budget is not None and budget < least:
             r = dict(status='skipped', note=f'below the least this grid needs '
                                             f'({least / MIB:,.0f} MiB, one head at a time)')

@@ -26,6 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vir_dense.ops.retention import check_memory_budget
+
 from .build import init_model
 from .inputs import ImagesReport, collect_images, read_rgb, unique_stem
 from .seg_lean import _slide_logits, _whole_logits, upsample_argmax
@@ -80,10 +82,8 @@ def configure_inference(model, retention_mode: Optional[str] = None,
             raise ValueError('--retention-mode/--chunk-size/--memory-budget need a ViR '
                              f'backbone; this model has {type(backbone).__name__}')
         if memory_budget is not None:
-            if memory_budget < 1:
-                raise ValueError(f'memory_budget must be a positive number of bytes, '
-                                 f'got {memory_budget}')
-            backbone.retention_memory_budget = int(memory_budget)
+            check_memory_budget(memory_budget)
+            backbone.retention_memory_budget = memory_budget
         if retention_mode is not None and retention_mode not in RETENTION_MODES:
             raise ValueError(f'retention_mode must be one of {RETENTION_MODES}, '
                              f'got {retention_mode!r}')

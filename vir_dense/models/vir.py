@@ -35,9 +35,10 @@ except ImportError:  # older timm: the patch embedding's own img_size is all the
     def update_model_input_size(model, img_size, **model_args):
         return None
 
-from vir_dense.ops.retention import (DEFAULT_CHUNK, PAPER_DECAY_EXPONENTS, check_mode,
-                                     compute_dtype, decay_gammas, mask_spec, resolve_mode,
-                                     retention, retention_stream, stream_pieces)
+from vir_dense.ops.retention import (DEFAULT_CHUNK, PAPER_DECAY_EXPONENTS,
+                                     check_memory_budget, check_mode, compute_dtype,
+                                     decay_gammas, mask_spec, resolve_mode, retention,
+                                     retention_stream, stream_pieces)
 
 from .archs import VARIANTS, variant_kwargs
 from .convert import convert_to_vir
@@ -148,7 +149,8 @@ class MultiHeadRetention(nn.Module):
         # qkv (one token-sized tensor less at the operator's peak and in what autograd keeps)
         scale = torch.ones(dim * 3)
         scale[:dim] = self.scale
-        self.register_buffer('qkv_row_scale', scale, persistent=False)
+        self.register_buffer('qkv_row_scale', scale, persistent=False)  # for the bias
+        # the same as a column, kept so that the weight product needs no view op per block
         self.register_buffer('qkv_weight_scale', scale[:, None].clone(), persistent=False)
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
@@ -323,11 +325,7 @@ class ViRTrunk(nn.Module):
         self.set_retention_mode(retention_mode, chunk_size, mask)
         # Bytes one chunkwise retention call may hold at once (None: no limit): the operator
         # then runs in head groups / tile slices, with the same result and more ops.
-        if retention_memory_budget is not None and (
-                isinstance(retention_memory_budget, bool) or
-                not isinstance(retention_memory_budget, int) or retention_memory_budget < 1):
-            raise ValueError('retention_memory_budget must be a positive number of bytes or '
-                             f'None, got {retention_memory_budget!r}')
+        check_memory_budget(retention_memory_budget, 'retention_memory_budget')
         self.retention_memory_budget = retention_memory_budget
 
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim,

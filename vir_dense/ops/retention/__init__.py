@@ -7,8 +7,8 @@ piece (streaming.py), with the same outputs.
 """
 from .chunkwise import chunk_step, retention_chunkwise, rows_per_chunk
 from .decay import (DEFAULT_CHUNK, MASKS, MODES, PAPER_DECAY_EXPONENTS, PARALLEL_MAX_TOKENS,
-                    MaskSpec, TokenLayout, check_mode, compute_dtype, decay_gammas,
-                    decay_row_sums, make_layout, mask_spec, resolve_mode)
+                    MaskSpec, TokenLayout, check_memory_budget, check_mode, compute_dtype,
+                    decay_gammas, decay_row_sums, make_layout, mask_spec, resolve_mode)
 from .naive import retention_naive
 from .parallel import retention_parallel
 from .recurrent import RecurrentState, recurrent_step, retention_recurrent
@@ -54,9 +54,8 @@ def retention(q, k, v, mask='causal_1d', mode='parallel', grid=None, cls_token=F
 
 
 __all__ = ['DEFAULT_CHUNK', 'MASKS', 'MODES', 'PAPER_DECAY_EXPONENTS', 'PARALLEL_MAX_TOKENS',
-           'STREAM_MODES',
-           'MaskSpec', 'RecurrentState', 'StreamPiece', 'TokenLayout', 'check_mode',
-           'chunk_step', 'compute_dtype', 'decay_gammas', 'decay_row_sums', 'make_layout',
-           'mask_spec', 'recurrent_step', 'resolve_mode', 'retention', 'retention_chunkwise',
-           'retention_naive', 'retention_parallel', 'retention_recurrent', 'retention_stream',
-           'rows_per_chunk', 'stream_pieces']
+           'STREAM_MODES', 'MaskSpec', 'RecurrentState', 'StreamPiece', 'TokenLayout',
+           'check_memory_budget', 'check_mode', 'chunk_step', 'compute_dtype', 'decay_gammas',
+           'decay_row_sums', 'make_layout', 'mask_spec', 'recurrent_step', 'resolve_mode',
+           'retention', 'retention_chunkwise', 'retention_naive', 'retention_parallel',
+           'retention_recurrent', 'retention_stream', 'rows_per_chunk', 'stream_pieces']

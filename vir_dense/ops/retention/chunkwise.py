@@ -185,6 +185,14 @@ def transient_elements(batch, heads, rows, cols, dim, chunk_size, causal, head_g
     return int(batch * heads * cells * (max(phases) / head_groups + output))
 
 
+def least_budget(batch, heads, rows, cols, dim, chunk_size, causal, element_bytes=4):
+    """The smallest memory_budget (bytes) `slices_for_budget` accepts: one head at a time,
+    the tile scores in the most slices it considers."""
+    tiles = math.prod(tile_shape(chunk_size, rows, cols)[::2])
+    return element_bytes * transient_elements(batch, heads, rows, cols, dim, chunk_size, causal,
+                                              heads, min(tiles, 64))
+
+
 def slices_for_budget(budget_bytes, batch, heads, rows, cols, dim, chunk_size, causal,
                       element_bytes=4):
     """(head_groups, query_groups): the fewest slices whose transient memory fits the budget."""
@@ -196,8 +204,7 @@ def slices_for_budget(budget_bytes, batch, heads, rows, cols, dim, chunk_size, c
                                                   causal, head_groups, query_groups)
         if need <= budget_bytes:
             return head_groups, query_groups
-    least = element_bytes * transient_elements(batch, heads, rows, cols, dim, chunk_size, causal,
-                                               heads, min(tiles, 64))  # one head at a time
+    least = least_budget(batch, heads, rows, cols, dim, chunk_size, causal, element_bytes)
     raise ValueError(f'memory_budget={budget_bytes / 2**20:.1f} MiB is below what retention '
                      f'needs on this grid ({least / 2**20:.1f} MiB one head at a time); raise '
                      'it or pass memory_budget=None')

@@ -66,6 +66,13 @@ def resolve_mode(mode, num_tokens, chunk_size=None, memory_budget=None, batch_he
     return 'parallel' if num_tokens <= PARALLEL_MAX_TOKENS and fits else 'chunkwise'
 
 
+def check_memory_budget(budget, name='memory_budget'):
+    """A memory budget is None (no limit) or a positive whole number of bytes."""
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int)
+                               or budget < 1):
+        raise ValueError(f'{name} must be a positive number of bytes or None, got {budget!r}')
+
+
 PAPER_DECAY_EXPONENTS = (5.0, 9.0)
 
 
