@@ -211,9 +211,12 @@ def test_whole_mode_matches_mmseg(model):
     assert torch.equal(ours, theirs.pred_sem_seg.data[0].long())
 
 
-def test_lean_uper_head_equals_uper_head(model):
+@pytest.mark.parametrize('band_rows', [None, 1, 4])
+def test_lean_uper_head_equals_uper_head(model, monkeypatch, band_rows):
     head = model.decode_head
     assert seg_lean._lean_uper_possible(head)
+    if band_rows:  # stride-4 maps of 22 x 30 cells in bands of this many rows (or fewer)
+        monkeypatch.setattr(seg_lean, 'BAND_ELEMENTS', band_rows * 30 * head.channels)
     with torch.no_grad():
         feats = model.extract_feat(torch.randn(1, 3, 88, 120))
         reference = head.forward(feats)

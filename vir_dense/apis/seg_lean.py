@@ -2,7 +2,8 @@
 
 - `upsample_argmax`: bilinear resize of (C, h, w) logits + argmax in bands of output rows,
   never the full C x H x W tensor;
-- `_lean_uper_forward`: UPerHead's eval forward with ~3 instead of ~9 stride-4 maps alive;
+- `_lean_uper_forward`: UPerHead's eval forward in bands of rows: one stride-4 map alive
+  (the largest lateral) instead of ~9;
 - `_slide_logits`: mmseg's sliding window adding each window in place.
 
 `vir_dense.apis.seg` composes them; the tests compare each with mmseg's own code.
@@ -68,61 +69,149 @@ def upsample_argmax(logits: torch.Tensor, size: Tuple[int, int], align_corners: 
 # --------------------------------------------------------------------------------------------
 # Memory-lean versions of mmseg's whole-image UPerHead forward and sliding-window inference
 # --------------------------------------------------------------------------------------------
+def _same_conv_module(block, kernel=None) -> bool:
+    """An mmcv ConvModule (conv, norm, act) whose conv keeps the size: stride 1, padding
+    (k - 1) / 2, zeros padding, no groups: its output rows can be computed band by band."""
+    conv = getattr(block, 'conv', None)
+    if (tuple(getattr(block, 'order', ())) != ('conv', 'norm', 'act')
+            or getattr(block, 'with_explicit_padding', False)
+            or not isinstance(conv, torch.nn.Conv2d) or conv.groups != 1
+            or conv.padding_mode != 'zeros' or tuple(conv.stride) != (1, 1)
+            or tuple(conv.dilation) != (1, 1) or isinstance(conv.padding, str)):
+        return False
+    size = tuple(conv.kernel_size)
+    return (kernel is None or size == (kernel, kernel)) and \
+        tuple(conv.padding) == tuple((k - 1) // 2 for k in size) and size[0] % 2 == 1
+
+
 def _lean_uper_possible(head) -> bool:
     if type(head).__name__ != 'UPerHead' or head.training:
         return False
-    block = head.fpn_bottleneck
-    conv = getattr(block, 'conv', None)
-    return (tuple(getattr(block, 'order', ())) == ('conv', 'norm', 'act')
-            and not getattr(block, 'with_explicit_padding', False)
-            and isinstance(conv, torch.nn.Conv2d) and conv.groups == 1
-            and conv.padding_mode == 'zeros'
+    return (_same_conv_module(head.fpn_bottleneck)
+            and all(_same_conv_module(m, 1) for m in head.lateral_convs)
+            and all(_same_conv_module(m) for m in head.fpn_convs)
             and len(head.in_index) == len(head.lateral_convs) + 1)
 
 
-def _lean_uper_forward(head, feats: list) -> torch.Tensor:
-    """``UPerHead.forward`` (eval mode) with the same arithmetic but a fraction of its memory.
+def _band_rows(channels: int, width: int) -> int:
+    """Rows per band: about BAND_ELEMENTS elements of a `channels`-channel map."""
+    return max(1, BAND_ELEMENTS // max(1, channels * width))
 
-    mmseg keeps all four pyramid outputs upsampled to stride 4 *and* their concatenation
-    (8 x channels x H/4 x W/4 floats, ~17 GB at 4096x4096 with 512 channels). Here the
-    fpn_bottleneck convolution over the concatenation is computed as the sum of its
-    per-level slices (conv(cat(a, b, ..)) = conv_a(a) + conv_b(b) + ..), one level at a time,
-    and the backbone maps are released as soon as they are used: ~3 maps of that size at the
-    peak. ``feats`` (a list of the backbone's maps) is emptied.
+
+def _module_rows(block, x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """Rows [lo, hi) of ``block(x)`` (a `_same_conv_module`), from x's rows lo - p .. hi + p
+    and the zero rows that the conv's own padding adds at the image's top and bottom."""
+    conv = block.conv
+    pad, height = conv.padding[0], x.shape[2]
+    src_lo, src_hi = max(lo - pad, 0), min(hi + pad, height)
+    piece = x[:, :, src_lo:src_hi]
+    top, bottom = pad - (lo - src_lo), pad - (src_hi - hi)
+    if top or bottom:
+        piece = F.pad(piece, (0, 0, top, bottom))
+    out = F.conv2d(piece, conv.weight, conv.bias, 1, (0, conv.padding[1]))
+    if block.with_norm:
+        out = block.norm(out)
+    if block.with_activation:
+        out = block.activate(out)
+    return out
+
+
+def _resized_rows(x: torch.Tensor, size, lo: int, hi: int, align_corners: bool) -> torch.Tensor:
+    """Rows [lo, hi) of ``F.interpolate(x, size, mode='bilinear')``: the two source rows of
+    each output row blended (torch's weights), then torch's kernel along the width."""
+    if x.shape[2] == size[0] and x.shape[3] == size[1]:
+        return x[:, :, lo:hi]
+    if x.shape[2] == size[0]:
+        rows = x[:, :, lo:hi]
+    else:
+        top, bottom, weight = _source_index(size[0], x.shape[2], align_corners, x.device)
+        rows = torch.lerp(x[:, :, top[lo:hi]], x[:, :, bottom[lo:hi]],
+                          weight[lo:hi].view(1, 1, -1, 1).to(x.dtype))
+    if rows.shape[3] == size[1]:
+        return rows
+    return F.interpolate(rows, size=(hi - lo, size[1]), mode='bilinear',
+                         align_corners=align_corners)
+
+
+def _padded_rows(rows_of, lo: int, hi: int, pad: int, height: int) -> torch.Tensor:
+    """Rows lo - pad .. hi + pad of a map of `height` rows (``rows_of(a, b)`` gives rows
+    [a, b)), zero outside the map: a 'same' conv's input for output rows [lo, hi)."""
+    src_lo, src_hi = max(lo - pad, 0), min(hi + pad, height)
+    rows = rows_of(src_lo, src_hi)
+    top, bottom = pad - (lo - src_lo), pad - (src_hi - hi)
+    return F.pad(rows, (0, 0, top, bottom)) if top or bottom else rows
+
+
+def _lean_uper_forward(head, feats: list) -> torch.Tensor:
+    """``UPerHead.forward`` (eval mode) with the same arithmetic, at a fraction of its memory.
+
+    mmseg keeps all four pyramid outputs upsampled to stride 4 and their concatenation
+    (8 x channels x H/4 x W/4 floats, ~17 GB at 4096x4096 with 512 channels). Here every
+    stride-4 step runs in bands of output rows (with the rows a 3x3 conv reads around them):
+    the lateral conv of the largest input; the top-down additions; and, per band, the
+    fpn_bottleneck conv over the concatenation as the sum of its per-level slices
+    (conv(cat(a, b, ..)) = conv_a(a) + conv_b(b) + ..) on the levels' resized rows, its
+    norm and activation, and cls_seg (a 1x1 conv). At the peak: the largest lateral map, the
+    logits and one band. Backbone maps are released as soon as they are used; ``feats`` (a
+    list of them) is emptied.
     """
     inputs = [feats[i] for i in head.in_index]
     feats.clear()
     align = head.align_corners
     top = head.psp_forward(inputs)
+    inputs[-1] = None
     laterals = [None] * len(head.lateral_convs) + [top]
     for i in reversed(range(len(head.lateral_convs))):  # small maps first
-        laterals[i] = head.lateral_convs[i](inputs[i])
-        inputs[i] = None
+        source, block = inputs[i], head.lateral_convs[i]
+        laterals[i] = torch.empty((source.shape[0], block.conv.out_channels) +
+                                  tuple(source.shape[2:]), dtype=source.dtype,
+                                  device=source.device)
+        step = _band_rows(max(source.shape[1], block.conv.out_channels), source.shape[3])
+        for lo in range(0, source.shape[2], step):
+            hi = min(lo + step, source.shape[2])
+            laterals[i][:, :, lo:hi] = _module_rows(block, source, lo, hi)
+        inputs[i] = source = None
     inputs.clear()
     for i in range(len(laterals) - 1, 0, -1):  # top-down pathway, in place
-        laterals[i - 1].add_(F.interpolate(laterals[i], size=laterals[i - 1].shape[2:],
-                                           mode='bilinear', align_corners=align))
+        target = laterals[i - 1]
+        step = _band_rows(target.shape[1], target.shape[3])
+        for lo in range(0, target.shape[2], step):
+            hi = min(lo + step, target.shape[2])
+            target[:, :, lo:hi].add_(_resized_rows(laterals[i], target.shape[2:], lo, hi, align))
+    # fpn_convs on the smaller levels (their maps are small), level 0 band by band below
+    levels = [laterals[0]] + [head.fpn_convs[i](laterals[i]) if i < len(head.fpn_convs)
+                              else laterals[i] for i in range(1, len(laterals))]
+    del laterals
     block = head.fpn_bottleneck
-    weight, channels = block.conv.weight, laterals[0].shape[1]
-    size = laterals[0].shape[2:]
-    out = None
-    for i in range(len(laterals)):
-        level = head.fpn_convs[i](laterals[i]) if i < len(head.fpn_convs) else laterals[i]
-        laterals[i] = None
-        if i > 0:
-            level = F.interpolate(level, size=size, mode='bilinear', align_corners=align)
-        part = F.conv2d(level, weight[:, i * channels:(i + 1) * channels], None,
-                        block.conv.stride, block.conv.padding, block.conv.dilation)
-        del level
-        out = part if out is None else out.add_(part)
-        del part
-    if block.conv.bias is not None:
-        out.add_(block.conv.bias.view(1, -1, 1, 1))
-    if block.with_norm:
-        out = block.norm(out)
-    if block.with_activation:
-        out = block.activate(out)
-    return head.cls_seg(out)
+    conv, channels = block.conv, levels[0].shape[1]
+    size, height, pad = levels[0].shape[2:], levels[0].shape[2], block.conv.padding[0]
+    logits, step = None, _band_rows(channels, size[1])
+    for lo in range(0, height, step):
+        hi = min(lo + step, height)
+        band = None
+        for i, level in enumerate(levels):
+            if i == 0:
+                def rows_of(a, b, level=level):
+                    return _module_rows(head.fpn_convs[0], level, a, b)
+            else:
+                def rows_of(a, b, level=level):
+                    return _resized_rows(level, size, a, b, align)
+            part = F.conv2d(_padded_rows(rows_of, lo, hi, pad, height),
+                            conv.weight[:, i * channels:(i + 1) * channels], None, 1,
+                            (0, conv.padding[1]))
+            band = part if band is None else band.add_(part)
+            del part
+        if conv.bias is not None:
+            band.add_(conv.bias.view(1, -1, 1, 1))
+        if block.with_norm:
+            band = block.norm(band)
+        if block.with_activation:
+            band = block.activate(band)
+        band = head.cls_seg(band)
+        if logits is None:
+            logits = band.new_empty(band.shape[:2] + tuple(size))
+        logits[:, :, lo:hi] = band
+    return logits
 
 
 def _whole_logits(model, inputs: torch.Tensor, lean: bool = True) -> torch.Tensor:
