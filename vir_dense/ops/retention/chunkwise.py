@@ -93,7 +93,6 @@ class _Family:
         keys = [powers[:, :-1].flip(-1)] + ([] if causal else [powers[:, :-1]])
         queries = [powers[:, 1:]] + ([] if causal else [powers[:, 1:].flip(-1)])
         kinds = ['causal'] + ([] if causal else ['anticausal'])
-        self.key_weights = [w.view(shape) for w in keys]
         self.query_weights = [w.view(shape) for w in queries]
         step_gamma = gamma.double() ** length
         self.carries = [DecaySum(step_gamma, steps, kind, dtype) for kind in kinds]
@@ -103,10 +102,16 @@ class _Family:
             # far below matmul speed (64-column solves took 55% of a call at 1024²)
             self.mix = DecaySum(gamma, mix_length, 'causal' if causal else 'symmetric', dtype,
                                 block=mix_block, direct_max=mix_block)
-        # [side][flipped]: the cells' tokens one tile step away
-        self.shifted = [[gather.shifted(flip, offset, step_of_cell, steps)
-                         for flip in (0, 1)]
-                        for offset in [cells_per_step, -cells_per_step][:len(kinds)]]
+        # [side][flipped]: the cells' tokens one tile step away, and the weight of each
+        # gathered key (B, H, N_p, d): the line weight of its cell, 0 where the step leaves
+        # the grid or reaches an empty cell (so that any token can stand in there)
+        self.shifted, self.key_weights = [], []
+        position = torch.arange(gather.num_cells, device=gamma.device) % length
+        for offset, weights in zip([cells_per_step, -cells_per_step], keys):
+            pairs = [gather.shifted(flip, offset, step_of_cell, steps) for flip in (0, 1)]
+            self.shifted.append([index for index, _ in pairs])
+            self.key_weights.append([(weights[:, position] * valid).to(dtype)[None, :, :, None]
+                                     for _, valid in pairs])
 
 
 class TilePlan:
@@ -124,6 +129,8 @@ class TilePlan:
         row_major = base + (y % height) * width + x % width
         col_major = base + (x % width) * height + y % height
         self.gathers = [_Gather(row_major, self.cells)]
+        # [flipped]: zero for the values of empty cells in the intra-tile products
+        self.value_masks = [self.gathers[0].value_mask(flip, dtype) for flip in (0, 1)]
         cell = torch.arange(self.cells, device=gamma.device)
         tile_cells = height * width
         # Column family (other bands): per-column states carried down the bands, mixed
@@ -144,25 +151,30 @@ class TilePlan:
 
 class _Gather:
     """Token <-> cell indices of one tile layout, and of the grid flipped in both axes
-    (reversed cell order), which the backward pass uses for D^T. Cells read a real token as
-    query or key (any one where a cell is empty: its value is zero) and the zero token appended
-    at index num_tokens as value."""
+    (reversed cell order), which the backward pass uses for D^T. An empty cell reads token 0
+    (a gather needs some index) and is marked invalid: its value or key weight is then 0."""
 
     def __init__(self, cells, num_cells):
-        self.tokens = cells.numel()
-        token = torch.arange(self.tokens, device=cells.device)
-        values = torch.full((num_cells,), self.tokens, dtype=torch.long, device=cells.device)
-        values = values.scatter(0, cells, token)
-        self.values = [values, values.flip(0)]
-        self.keys = [v.clamp(max=self.tokens - 1) for v in self.values]
+        self.num_cells = num_cells
+        tokens = cells.numel()
+        token = torch.arange(tokens, device=cells.device)
+        owner = torch.full((num_cells,), tokens, dtype=torch.long, device=cells.device)
+        owner = owner.scatter(0, cells, token)  # tokens marks an empty cell
+        self._owners = [owner, owner.flip(0)]
+        self.index = [o.masked_fill(o == tokens, 0) for o in self._owners]
+        self.valid = [o < tokens for o in self._owners]
         self.cells = [cells, num_cells - 1 - cells]
 
+    def value_mask(self, flip, dtype):
+        """(N_p, 1) 1 for the cells that hold a token, 0 for empty ones."""
+        return self.valid[flip].to(dtype)[:, None]
+
     def shifted(self, flip, offset, step_of_cell, steps):
-        """The token of the cell one tile step back (offset > 0) or ahead, the zero token
-        where the step leaves the grid. The flipped grid has the same cell structure."""
-        values = self.values[flip].roll(offset)
+        """(index, valid) of the cell one tile step back (offset > 0) or ahead; invalid where
+        the step leaves the grid. The flipped grid has the same cell structure."""
+        index, valid = self.index[flip].roll(offset), self.valid[flip].roll(offset)
         outside = step_of_cell < 1 if offset > 0 else step_of_cell > steps - 2
-        return values.masked_fill(outside, self.tokens)
+        return index, valid & ~outside
 
 
 def _tile_mask(gamma, height, width, causal, dtype):
@@ -225,6 +237,43 @@ def tile_plan(gamma, layout, chunk_size, causal, dtype):
     return _PLANS[key]
 
 
+class _Reuse:
+    """The large tensors of one `_tiled` call that are rewritten phase after phase: gathered
+    keys and values, queries in tile order, states and tile scores. In eager mode each is
+    allocated once and later results are written into it (`out=`): on a CPU a fresh large
+    tensor costs about ten times its writing (the kernel maps and zeroes its pages on first
+    touch, and unmaps them when it is freed), measured as ~35% of a call at 2048² and 4096².
+    Compiled and exported graphs take the functional ops (same values)."""
+
+    def __init__(self):
+        self.eager = not torch.compiler.is_compiling()
+        self.pair = self.queries = self.square = None
+
+    def pair_of(self, keys_values, index):
+        """(2, B, h, N_p, d): keys and values gathered into cells."""
+        if self.eager and self.pair is not None:
+            return torch.index_select(keys_values, 3, index, out=self.pair)
+        self.pair = keys_values.index_select(3, index)
+        return self.pair
+
+    def queries_of(self, q, index):
+        if self.eager and self.queries is not None:
+            return torch.index_select(q, 2, index, out=self.queries)
+        self.queries = q.index_select(2, index)
+        return self.queries
+
+    def bmm(self, a, b):
+        """a @ b into the states/scores buffer (the buffer grows when a product needs more)."""
+        rows, cols = a.shape[1], b.shape[2]
+        if self.eager and self.square is not None and \
+                self.square.numel() >= a.shape[0] * rows * cols:
+            out = self.square.as_strided((a.shape[0], rows, cols), (rows * cols, cols, 1))
+            return torch.bmm(a, b, out=out)
+        out = torch.bmm(a, b)
+        self.square = out
+        return out
+
+
 def _tiled(q, k, v, plan, heads=slice(None), query_groups=1, flip=False):
     """Retention of (B, h, N, d) q, k, v in the compute dtype (no autograd inside); they hold
     the plan's heads `heads` (a slice).
@@ -234,27 +283,27 @@ def _tiled(q, k, v, plan, heads=slice(None), query_groups=1, flip=False):
     batch, num_heads, _, dim = q.shape
     tiles = (batch, num_heads, plan.bands, plan.tile_cols)
     side = int(flip)
-    # Keys and values side by side, with the zero token that empty cells read: one gather
-    # serves both (and one large buffer is kinder to the allocator than two).
-    keys_values = F.pad(torch.stack((k, v)), (0, 0, 0, 1))
+    reuse = _Reuse()
+    # Keys and values side by side: one gather serves both.
+    keys_values = torch.stack((k, v))
     columns = None
     if plan.columns is not None:  # other bands, read in column-major tiles
-        queries = q.index_select(2, plan.gathers[1].keys[side])
+        queries = reuse.queries_of(q, plan.gathers[1].index[side])
         columns = _family(queries.view(tiles + (plan.width, plan.height, dim)), keys_values,
-                          plan.columns, heads, side, carry_axis=2)
-        del queries
+                          plan.columns, heads, side, 2, reuse)
     cells = plan.gathers[0]
     shape = tiles + (plan.height, plan.width, dim)
-    queries = q.index_select(2, cells.keys[side]).view(shape)
-    keys, values = keys_values.index_select(3, cells.values[side]).unbind(0)
+    queries = reuse.queries_of(q, cells.index[side]).view(shape)
+    keys, values = reuse.pair_of(keys_values, cells.index[side]).unbind(0)
+    values.mul_(plan.value_masks[side])  # empty cells add nothing
     out = _intra_tiles(queries, keys.view(shape), values.view(shape),
-                       _of_heads(plan.intra_mask, heads), query_groups)
+                       _of_heads(plan.intra_mask, heads), query_groups, reuse)
     del keys, values
     if columns is not None:  # column-major into the row-major output
         out.add_(columns.transpose(4, 5))
         del columns
     if plan.rows is not None:  # other tiles of the band
-        _family(queries, keys_values, plan.rows, heads, side, carry_axis=3, out=out)
+        _family(queries, keys_values, plan.rows, heads, side, 3, reuse, out=out)
     return out.view(batch, num_heads, plan.cells, dim).index_select(2, cells.cells[side])
 
 
@@ -276,13 +325,13 @@ def _in_head_groups(q, k, v, plan, head_groups=1, query_groups=1, flip=False):
     return out
 
 
-def _intra_tiles(q, k, v, mask, query_groups):
+def _intra_tiles(q, k, v, mask, query_groups, reuse):
     """Masked attention inside every tile: (B, h, Gy, Gx, R, T, d); mask (1, h, 1, L, L)."""
     shape = q.shape
     size = shape[4] * shape[5]
     if query_groups == 1:
         q, k, v = (t.view(-1, size, shape[-1]) for t in (q, k, v))
-        scores = torch.bmm(q, k.transpose(1, 2))
+        scores = reuse.bmm(q, k.transpose(1, 2))
         scores.view(shape[0], shape[1], -1, size, size).mul_(mask)
         return torch.bmm(scores, v).view(shape)
     q, k, v = (t.view(shape[0], shape[1], -1, size, shape[-1]) for t in (q, k, v))
@@ -295,13 +344,12 @@ def _intra_tiles(q, k, v, mask, query_groups):
     return out.view(shape)
 
 
-def _family(q, keys_values, family, heads, flip, carry_axis, out=None):
+def _family(q, keys_values, family, heads, flip, carry_axis, reuse, out=None):
     """What each query reads from the family's other tiles, added to `out` (a new tensor if
     None). q and out: (B, h, A, Bt, lines, cells per line, d) tiles of the plan's heads
-    `heads`; keys_values: (2, B, h, N + 1, d) tokens and a zero token, gathered per side one
-    tile step away. The states of a line's tile are carried along dim `carry_axis` (2: down
-    the bands, then mixed across the full width; 3: along the band, then mixed over the
-    tile's rows)."""
+    `heads`; keys_values: (2, B, h, N, d) tokens, gathered per side one tile step away. The
+    states of a line's tile are carried along dim `carry_axis` (2: down the bands, then mixed
+    across the full width; 3: along the band, then mixed over the tile's rows)."""
     batch, num_heads, first, second, lines, length, dim = q.shape
     if carry_axis == 2:  # along A (bands), the rest of a band's tiles as width
         carried, mixed_groups = (1, first), first
@@ -309,9 +357,9 @@ def _family(q, keys_values, family, heads, flip, carry_axis, out=None):
         carried, mixed_groups = (first, second), first * second
     lines_of_q = q.reshape(-1, length, dim)  # the queries of each line, for both sides
     for side, carry in enumerate(family.carries):
-        ks, vs = keys_values.index_select(3, family.shifted[side][flip]).unbind(0)
-        ks.view(q.shape).mul_(_of_heads(family.key_weights[side], heads))
-        states = torch.bmm(ks.view(-1, length, dim).transpose(1, 2),
+        ks, vs = reuse.pair_of(keys_values, family.shifted[side][flip]).unbind(0)
+        ks.mul_(_of_heads(family.key_weights[side][flip], heads))
+        states = reuse.bmm(ks.view(-1, length, dim).transpose(1, 2),
                            vs.view(-1, length, dim))  # (lines, d, d) per tile
         del ks, vs
         states = carry.inplace(states.view(batch, num_heads, *carried, -1), heads)
@@ -390,7 +438,9 @@ def chunk_step(q, k, v, columns, gamma, causal=True, update_state=True,
     with torch.autocast(q.device.type, enabled=False):
         q, k, v = (t.to(dtype) for t in (q, k, v))
         plan = tile_plan(gamma, TokenLayout(rows, cols), chunk_size, True, dtype)
-        out = _tiled(*(t.reshape(batch, heads, rows * cols, dim) for t in (q, k, v)), plan)
+        # through the recompute Function: _tiled writes in place and runs without autograd
+        out = _ChunkwiseRetention.apply(
+            *(t.reshape(batch, heads, rows * cols, dim) for t in (q, k, v)), plan, 1, 1)
         out = out.view(batch, heads, rows, cols, dim)
         stream = stream_plan(gamma, rows, cols, dtype)
         if columns is not None:
