@@ -262,6 +262,15 @@ class _Reuse:
         self.queries = q.index_select(2, index)
         return self.queries
 
+    def read(self, a, b, fresh):
+        """a @ b, (n, l, d) like the queries: into the pair buffer (free once the states are
+        built) unless `fresh` (a family's first read, which becomes its output)."""
+        if fresh or not self.eager:
+            return torch.bmm(a, b)
+        rows, cols = a.shape[1], b.shape[2]
+        out = self.pair.as_strided((a.shape[0], rows, cols), (rows * cols, cols, 1))
+        return torch.bmm(a, b, out=out)
+
     def bmm(self, a, b):
         """a @ b into the states/scores buffer (the buffer grows when a product needs more)."""
         rows, cols = a.shape[1], b.shape[2]
@@ -366,7 +375,7 @@ def _family(q, keys_values, family, heads, flip, carry_axis, reuse, out=None):
         if family.mix is not None:
             states = family.mix.inplace(
                 states.view(batch, num_heads, mixed_groups, -1, dim * dim), heads)
-        read = torch.bmm(lines_of_q, states.reshape(-1, dim, dim))
+        read = reuse.read(lines_of_q, states.reshape(-1, dim, dim), out is None)
         del states
         weights = _of_heads(family.query_weights[side], heads)
         if out is None:  # first side: the read is the output

@@ -119,7 +119,8 @@ class _Scans:
                 torch.linalg.solve_triangular(self.anticausal(batch, groups, heads), rows,
                                               upper=False, left=False, out=rows)
             if self.kind == 'symmetric':
-                x.mul_(self.scale[:, heads])
+                # all heads: the constant itself (an alias op per call otherwise)
+                x.mul_(self.scale if heads == slice(None) else self.scale[:, heads])
             if self.kind != 'anticausal':
                 torch.linalg.solve_triangular(self.causal(batch, groups, heads), rows,
                                               upper=True, left=False, out=rows)
