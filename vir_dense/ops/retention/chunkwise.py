@@ -25,9 +25,11 @@ about 4 d^2 (build and read) plus its carry and mix, ~190k FLOPs at d = 64 on ev
 Transient memory per call (`transient_elements`, checked against
 tools/analysis_tools/measure_retention_memory.py), in elements of the compute dtype, for B
 batch, H heads, N_p padded cells, d head dim, split into g head groups and s query slices:
-    B H N_p (max(7 d + L / s, 5 d + d^2 / R, 6 d + d^2 / T) / g  +  d [if g > 1])
-the peak of three phases: the intra-tile scores next to q, k, v and the output in tile order;
-then one side's states of the column family, then of the row family, next to their tiles.
+    B H N_p (max(6 d + d^2 / R, 7 d + max(L, d^2 / R), 6 d + max(L, d^2 / R, d^2 / T)) / g
+             +  d [if g > 1])
+the peak of three phases (one side's states of the column family; the intra-tile scores next
+to q, k, v and the output in tile order; the row family's states), whose states and scores
+share one buffer that only grows (with s > 1 slices the scores are L / s, fresh).
 `memory_budget` (bytes) picks the fewest slices that fit (same result, more ops): each head
 group is a whole call on its heads (its own tile-order copies), written into one output.
 
@@ -185,14 +187,24 @@ def _tile_mask(gamma, height, width, causal, dtype):
 def transient_elements(batch, heads, rows, cols, dim, chunk_size, causal, head_groups=1,
                        query_groups=1):
     """The docstring's transient-memory formula, for a (rows, cols) extended grid: the peak
-    of the three phases of `_tiled` (column family, intra-tile scores, row family)."""
+    of the three phases of `_tiled` (column family, intra-tile scores, row family). The
+    states/scores buffer only grows from phase to phase (`_Reuse`), except that sliced tile
+    scores are fresh and the buffer is freed before them."""
     bands, height, tile_cols, width = tile_shape(chunk_size, rows, cols)
     cells = bands * height * tile_cols * width
-    phases = [7 * dim + height * width / query_groups]  # q, k, v, out, ... and the scores
-    if bands > 1:  # keys/values (2), queries, a side's keys/values (2) and one state tensor
-        phases.append(5 * dim + dim * dim / height)
+    square, phases = 0, []
+    if bands > 1:  # keys/values (2), queries, the pair buffer (2), states, the first read
+        square = dim * dim / height
+        phases.append(6 * dim + square)
+    if query_groups == 1:  # ..., the intra-tile output and the scores in the buffer
+        square = max(square, height * width)
+        phases.append(7 * dim + square)
+    else:
+        square = 0
+        phases.append(7 * dim + height * width / query_groups)
     if tile_cols > 1:
-        phases.append(6 * dim + dim * dim / width)
+        square = max(square, dim * dim / width)
+        phases.append(6 * dim + square)
     output = dim if head_groups > 1 else 0  # the groups' results, gathered in one tensor
     return int(batch * heads * cells * (max(phases) / head_groups + output))
 
@@ -343,6 +355,7 @@ def _intra_tiles(q, k, v, mask, query_groups, reuse):
         scores = reuse.bmm(q, k.transpose(1, 2))
         scores.view(shape[0], shape[1], -1, size, size).mul_(mask)
         return torch.bmm(scores, v).view(shape)
+    reuse.square = None  # the slices' scores are smaller than the buffer: free it
     q, k, v = (t.view(shape[0], shape[1], -1, size, shape[-1]) for t in (q, k, v))
     out = torch.empty_like(q)
     step = -(-q.shape[2] // query_groups)
