@@ -3,7 +3,8 @@
 The (extended) grid (decay.py) is cut into bands of R rows and each band into tiles of R x T
 cells (`tile_shape`: about `chunk_size` cells, 16 x 16 by default; 1D masks use chunks of R
 tokens in one column). Tokens are gathered into tile order once per call (one index per
-layout; the class token keeps its cell, empty and padding cells read a zero token). A query in
+layout; the class token keeps its cell; empty and padding cells read token 0, with a zero
+value in the tile products and a zero key weight in the states). A query in
 tile (band b, tile column t) at in-tile row r, column c reads three disjoint sets of keys:
 - its own tile: one batched masked matmul over all tiles, (Q K^T ⊙ D_tile) V;
 - the other tiles of its band (row family): the x-factor of D is rank 1 across tiles, so each
@@ -16,7 +17,8 @@ tile (band b, tile column t) at in-tile row r, column c reads three disjoint set
   tile column) and read with gamma^(r+1).
 Each side of a family gathers its keys and values one tile step away, so its carry is a
 non-strict decay sum; carries and mixes then run in place on the one state tensor
-(`DecaySum.inplace`). No loop depends on the image: the ops per call are constant.
+(`DecaySum.inplace`). No loop depends on the image: the ops per call are constant. Gathers,
+states and scores are written into a few buffers reused phase after phase (`_Reuse`).
 
 Cost per token and head (d head dim, L = R T): intra-tile 4 L d FLOPs, each side of each family
 about 4 d^2 (build and read) plus its carry and mix, ~190k FLOPs at d = 64 on every grid from
