@@ -164,9 +164,9 @@ class _Gather:
         token = torch.arange(tokens, device=cells.device)
         owner = torch.full((num_cells,), tokens, dtype=torch.long, device=cells.device)
         owner = owner.scatter(0, cells, token)  # tokens marks an empty cell
-        self._owners = [owner, owner.flip(0)]
-        self.index = [o.masked_fill(o == tokens, 0) for o in self._owners]
-        self.valid = [o < tokens for o in self._owners]
+        owners = [owner, owner.flip(0)]
+        self.index = [o.masked_fill(o == tokens, 0) for o in owners]
+        self.valid = [o < tokens for o in owners]
         self.cells = [cells, num_cells - 1 - cells]
 
     def value_mask(self, flip, dtype):
