@@ -48,7 +48,7 @@ import torch.nn.functional as F
 
 from .decay import DEFAULT_CHUNK, TokenLayout, compute_dtype, decay_powers, make_layout, \
     mask_spec
-from .decay_sum import BLOCK, DecaySum
+from .decay_sum import BLOCK, DecaySum, of_heads
 from .parallel import parallel_decay_mask
 
 
@@ -276,25 +276,27 @@ class _Reuse:
         self.queries = q.index_select(2, index)
         return self.queries
 
+    @staticmethod
+    def _bmm_into(buffer, a, b):
+        """a @ b written into the start of `buffer`, viewed as the (n, rows, cols) result."""
+        rows, cols = a.shape[1], b.shape[2]
+        out = buffer.as_strided((a.shape[0], rows, cols), (rows * cols, cols, 1))
+        return torch.bmm(a, b, out=out)
+
     def read(self, a, b, fresh):
         """a @ b, (n, l, d) like the queries: into the pair buffer (free once the states are
         built) unless `fresh` (a family's first read, which becomes its output)."""
         if fresh or not self.eager:
             return torch.bmm(a, b)
-        rows, cols = a.shape[1], b.shape[2]
-        out = self.pair.as_strided((a.shape[0], rows, cols), (rows * cols, cols, 1))
-        return torch.bmm(a, b, out=out)
+        return self._bmm_into(self.pair, a, b)
 
     def bmm(self, a, b):
         """a @ b into the states/scores buffer (the buffer grows when a product needs more)."""
-        rows, cols = a.shape[1], b.shape[2]
         if self.eager and self.square is not None and \
-                self.square.numel() >= a.shape[0] * rows * cols:
-            out = self.square.as_strided((a.shape[0], rows, cols), (rows * cols, cols, 1))
-            return torch.bmm(a, b, out=out)
-        out = torch.bmm(a, b)
-        self.square = out
-        return out
+                self.square.numel() >= a.shape[0] * a.shape[1] * b.shape[2]:
+            return self._bmm_into(self.square, a, b)
+        self.square = torch.bmm(a, b)
+        return self.square
 
 
 def _tiled(q, k, v, plan, heads=slice(None), query_groups=1, flip=False):
@@ -320,7 +322,7 @@ def _tiled(q, k, v, plan, heads=slice(None), query_groups=1, flip=False):
     keys, values = reuse.pair_of(keys_values, cells.index[side]).unbind(0)
     values.mul_(plan.value_masks[side])  # empty cells add nothing
     out = _intra_tiles(queries, keys.view(shape), values.view(shape),
-                       _of_heads(plan.intra_mask, heads), query_groups, reuse)
+                       of_heads(plan.intra_mask, heads), query_groups, reuse)
     del keys, values
     if columns is not None:  # column-major into the row-major output
         out.add_(columns.transpose(4, 5))
@@ -328,11 +330,6 @@ def _tiled(q, k, v, plan, heads=slice(None), query_groups=1, flip=False):
     if plan.rows is not None:  # other tiles of the band
         _family(queries, keys_values, plan.rows, heads, side, 3, reuse, out=out)
     return out.view(batch, num_heads, plan.cells, dim).index_select(2, cells.cells[side])
-
-
-def _of_heads(constant, heads):
-    """A (1, H, ...) plan constant for the heads of a call (itself for all: no slice op)."""
-    return constant if heads == slice(None) else constant[:, heads]
 
 
 def _in_head_groups(q, k, v, plan, head_groups=1, query_groups=1, flip=False):
@@ -382,7 +379,7 @@ def _family(q, keys_values, family, heads, flip, carry_axis, reuse, out=None):
     lines_of_q = q.reshape(-1, length, dim)  # the queries of each line, for both sides
     for side, carry in enumerate(family.carries):
         ks, vs = reuse.pair_of(keys_values, family.shifted[side][flip]).unbind(0)
-        ks.mul_(_of_heads(family.key_weights[side][flip], heads))
+        ks.mul_(of_heads(family.key_weights[side][flip], heads))
         states = reuse.bmm(ks.view(-1, length, dim).transpose(1, 2),
                            vs.view(-1, length, dim))  # (lines, d, d) per tile
         del ks, vs
@@ -392,7 +389,7 @@ def _family(q, keys_values, family, heads, flip, carry_axis, reuse, out=None):
                 states.view(batch, num_heads, mixed_groups, -1, dim * dim), heads)
         read = reuse.read(lines_of_q, states.reshape(-1, dim, dim), out is None)
         del states
-        weights = _of_heads(family.query_weights[side], heads)
+        weights = of_heads(family.query_weights[side], heads)
         if out is None:  # first side: the read is the output
             out = read.view(q.shape).mul_(weights)
         else:

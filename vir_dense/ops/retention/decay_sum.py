@@ -51,6 +51,12 @@ def toeplitz(gamma, length, kind, dtype):
     return weights.to(dtype)
 
 
+def of_heads(constant, heads):
+    """A (1, H, ...) per-head constant for the heads of a call (a slice): itself for all
+    heads, without a slice op (calls are counted in ops)."""
+    return constant if heads == slice(None) else constant[:, heads]
+
+
 class _Batched:
     """(H, a, b) per-head matrices laid out for `bmm` against (B, h, M, b, K) inputs."""
 
@@ -104,8 +110,7 @@ class _Scans:
             torch.linalg.solve_triangular(self.anticausal(batch, groups, heads), rows,
                                           upper=False, left=False, out=rows)
         if self.kind == 'symmetric':
-            # all heads: the constant itself (an alias op per call otherwise)
-            x.mul_(self.scale if heads == slice(None) else self.scale[:, heads])
+            x.mul_(of_heads(self.scale, heads))
         if self.kind != 'anticausal':
             torch.linalg.solve_triangular(self.causal(batch, groups, heads), rows,
                                           upper=True, left=False, out=rows)
