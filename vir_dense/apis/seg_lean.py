@@ -98,16 +98,20 @@ def _band_rows(channels: int, width: int) -> int:
     return max(1, BAND_ELEMENTS // max(1, channels * width))
 
 
+def _padded_rows(rows_of, lo: int, hi: int, pad: int, height: int) -> torch.Tensor:
+    """Rows lo - pad .. hi + pad of a map of `height` rows (``rows_of(a, b)`` gives rows
+    [a, b)), zero outside the map: a 'same' conv's input for output rows [lo, hi)."""
+    src_lo, src_hi = max(lo - pad, 0), min(hi + pad, height)
+    rows = rows_of(src_lo, src_hi)
+    top, bottom = pad - (lo - src_lo), pad - (src_hi - hi)
+    return F.pad(rows, (0, 0, top, bottom)) if top or bottom else rows
+
+
 def _module_rows(block, x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
     """Rows [lo, hi) of ``block(x)`` (a `_same_conv_module`), from x's rows lo - p .. hi + p
     and the zero rows that the conv's own padding adds at the image's top and bottom."""
     conv = block.conv
-    pad, height = conv.padding[0], x.shape[2]
-    src_lo, src_hi = max(lo - pad, 0), min(hi + pad, height)
-    piece = x[:, :, src_lo:src_hi]
-    top, bottom = pad - (lo - src_lo), pad - (src_hi - hi)
-    if top or bottom:
-        piece = F.pad(piece, (0, 0, top, bottom))
+    piece = _padded_rows(lambda a, b: x[:, :, a:b], lo, hi, conv.padding[0], x.shape[2])
     out = F.conv2d(piece, conv.weight, conv.bias, 1, (0, conv.padding[1]))
     if block.with_norm:
         out = block.norm(out)
@@ -116,30 +120,26 @@ def _module_rows(block, x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
     return out
 
 
-def _resized_rows(x: torch.Tensor, size, lo: int, hi: int, align_corners: bool) -> torch.Tensor:
-    """Rows [lo, hi) of ``F.interpolate(x, size, mode='bilinear')``: the two source rows of
-    each output row blended (torch's weights), then torch's kernel along the width."""
-    if x.shape[2] == size[0] and x.shape[3] == size[1]:
-        return x[:, :, lo:hi]
-    if x.shape[2] == size[0]:
-        rows = x[:, :, lo:hi]
-    else:
+def _row_resizer(x: torch.Tensor, size, align_corners: bool):
+    """rows(lo, hi): rows [lo, hi) of ``F.interpolate(x, size, mode='bilinear')``, the two
+    source rows of each output row blended (torch's weights, computed once here), then
+    torch's kernel along the width."""
+    same_h, same_w = x.shape[2] == size[0], x.shape[3] == size[1]
+    if not same_h:
         top, bottom, weight = _source_index(size[0], x.shape[2], align_corners, x.device)
-        rows = torch.lerp(x[:, :, top[lo:hi]], x[:, :, bottom[lo:hi]],
-                          weight[lo:hi].view(1, 1, -1, 1).to(x.dtype))
-    if rows.shape[3] == size[1]:
-        return rows
-    return F.interpolate(rows, size=(hi - lo, size[1]), mode='bilinear',
-                         align_corners=align_corners)
+        weight = weight.view(1, 1, -1, 1).to(x.dtype)
 
-
-def _padded_rows(rows_of, lo: int, hi: int, pad: int, height: int) -> torch.Tensor:
-    """Rows lo - pad .. hi + pad of a map of `height` rows (``rows_of(a, b)`` gives rows
-    [a, b)), zero outside the map: a 'same' conv's input for output rows [lo, hi)."""
-    src_lo, src_hi = max(lo - pad, 0), min(hi + pad, height)
-    rows = rows_of(src_lo, src_hi)
-    top, bottom = pad - (lo - src_lo), pad - (src_hi - hi)
-    return F.pad(rows, (0, 0, top, bottom)) if top or bottom else rows
+    def rows(lo: int, hi: int) -> torch.Tensor:
+        if same_h:
+            band = x[:, :, lo:hi]
+        else:
+            band = torch.lerp(x[:, :, top[lo:hi]], x[:, :, bottom[lo:hi]],
+                              weight[:, :, lo:hi])
+        if same_w:
+            return band
+        return F.interpolate(band, size=(hi - lo, size[1]), mode='bilinear',
+                             align_corners=align_corners)
+    return rows
 
 
 def _lean_uper_forward(head, feats: list) -> torch.Tensor:
@@ -174,10 +174,11 @@ def _lean_uper_forward(head, feats: list) -> torch.Tensor:
     inputs.clear()
     for i in range(len(laterals) - 1, 0, -1):  # top-down pathway, in place
         target = laterals[i - 1]
+        upper = _row_resizer(laterals[i], target.shape[2:], align)
         step = _band_rows(target.shape[1], target.shape[3])
         for lo in range(0, target.shape[2], step):
             hi = min(lo + step, target.shape[2])
-            target[:, :, lo:hi].add_(_resized_rows(laterals[i], target.shape[2:], lo, hi, align))
+            target[:, :, lo:hi].add_(upper(lo, hi))
     # fpn_convs on the smaller levels (their maps are small), level 0 band by band below
     levels = [laterals[0]] + [head.fpn_convs[i](laterals[i]) if i < len(head.fpn_convs)
                               else laterals[i] for i in range(1, len(laterals))]
@@ -185,17 +186,14 @@ def _lean_uper_forward(head, feats: list) -> torch.Tensor:
     block = head.fpn_bottleneck
     conv, channels = block.conv, levels[0].shape[1]
     size, height, pad = levels[0].shape[2:], levels[0].shape[2], block.conv.padding[0]
+    # each level's rows at stride 4: level 0 through fpn_convs[0], the others resized
+    level_rows = [lambda a, b: _module_rows(head.fpn_convs[0], levels[0], a, b)]
+    level_rows += [_row_resizer(level, size, align) for level in levels[1:]]
     logits, step = None, _band_rows(channels, size[1])
     for lo in range(0, height, step):
         hi = min(lo + step, height)
         band = None
-        for i, level in enumerate(levels):
-            if i == 0:
-                def rows_of(a, b, level=level):
-                    return _module_rows(head.fpn_convs[0], level, a, b)
-            else:
-                def rows_of(a, b, level=level):
-                    return _resized_rows(level, size, a, b, align)
+        for i, rows_of in enumerate(level_rows):
             part = F.conv2d(_padded_rows(rows_of, lo, hi, pad, height),
                             conv.weight[:, i * channels:(i + 1) * channels], None, 1,
                             (0, conv.padding[1]))
