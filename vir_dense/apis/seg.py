@@ -37,8 +37,8 @@ __all__ = ['init_segmentor', 'configure_inference', 'build_inference_pipeline', 
            'RETENTION_MODES', 'TEST_MODES']
 # segment_array's memory at high resolution, whole-image mode (UperNet, C classes, image H x W):
 # the backbone (chunkwise: linear in H x W), the lean UPerHead forward (one map of
-# channels x H/4 x W/4 instead of ~9, the rest in bands of rows), the stride-4 logits (C x H/4 x W/4) and one band of
-# upsampled logits; never C x H x W.
+# channels x H/4 x W/4 instead of ~9, the rest in bands of rows), the stride-4 logits
+# (C x H/4 x W/4) and one band of upsampled logits; never C x H x W.
 
 RETENTION_MODES = ('parallel', 'chunkwise', 'recurrent')
 TEST_MODES = ('whole', 'slide')

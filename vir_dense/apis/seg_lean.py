@@ -31,6 +31,29 @@ def _source_index(out_size: int, in_size: int, align_corners: bool, device):
     return i0, i1, w1
 
 
+def _row_resizer(x: torch.Tensor, size, align_corners: bool):
+    """rows(lo, hi): rows [lo, hi) of ``F.interpolate(x, size, mode='bilinear')``, the two
+    source rows of each output row blended (torch's weights, computed once here), then
+    torch's kernel along the width."""
+    same_h, same_w = x.shape[2] == size[0], x.shape[3] == size[1]
+    if not same_h:
+        top, bottom, weight = _source_index(size[0], x.shape[2], align_corners, x.device)
+        weight = weight.view(1, 1, -1, 1).to(x.dtype)
+
+    def rows(lo: int, hi: int) -> torch.Tensor:
+        if same_h:
+            band = x[:, :, lo:hi]
+        else:
+            band = torch.lerp(x[:, :, top[lo:hi]], x[:, :, bottom[lo:hi]],
+                              weight[:, :, lo:hi])
+        if same_w:
+            return band
+        # torch's kernel: same weights, 2x faster than gathering columns
+        return F.interpolate(band, size=(hi - lo, size[1]), mode='bilinear',
+                             align_corners=align_corners)
+    return rows
+
+
 def upsample_argmax(logits: torch.Tensor, size: Tuple[int, int], align_corners: bool = False,
                     threshold: Optional[float] = None) -> torch.Tensor:
     """argmax over classes of ``logits`` (C, h, w) bilinearly resized to ``size`` (H, W).
@@ -43,22 +66,12 @@ def upsample_argmax(logits: torch.Tensor, size: Tuple[int, int], align_corners: 
         raise ValueError(f'logits must be (C, h, w), got {tuple(logits.shape)}')
     channels, in_h, in_w = logits.shape
     out_h, out_w = (int(v) for v in size)
-    logits = logits.float()
-    same_h, same_w = in_h == out_h, in_w == out_w
-    if not same_h:
-        iy0, iy1, wy = _source_index(out_h, in_h, align_corners, logits.device)
+    resized_rows = _row_resizer(logits.float()[None], (out_h, out_w), align_corners)
     band = max(1, BAND_ELEMENTS // max(1, channels * max(out_w, in_w)))
     out = torch.empty((out_h, out_w), dtype=torch.int64, device=logits.device)
     for y0 in range(0, out_h, band):
         y1 = min(out_h, y0 + band)
-        if same_h:
-            rows = logits[:, y0:y1]
-        else:
-            w = wy[y0:y1].view(1, -1, 1)
-            rows = torch.lerp(logits[:, iy0[y0:y1]], logits[:, iy1[y0:y1]], w)
-        if not same_w:  # torch's kernel: same weights, 2x faster than gathering columns
-            rows = F.interpolate(rows[None], size=(y1 - y0, out_w), mode='bilinear',
-                                 align_corners=align_corners)[0]
+        rows = resized_rows(y0, y1)[0]
         if channels == 1:
             out[y0:y1] = (rows[0].sigmoid() > (0.3 if threshold is None else threshold)).long()
         else:
@@ -118,28 +131,6 @@ def _module_rows(block, x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
     if block.with_activation:
         out = block.activate(out)
     return out
-
-
-def _row_resizer(x: torch.Tensor, size, align_corners: bool):
-    """rows(lo, hi): rows [lo, hi) of ``F.interpolate(x, size, mode='bilinear')``, the two
-    source rows of each output row blended (torch's weights, computed once here), then
-    torch's kernel along the width."""
-    same_h, same_w = x.shape[2] == size[0], x.shape[3] == size[1]
-    if not same_h:
-        top, bottom, weight = _source_index(size[0], x.shape[2], align_corners, x.device)
-        weight = weight.view(1, 1, -1, 1).to(x.dtype)
-
-    def rows(lo: int, hi: int) -> torch.Tensor:
-        if same_h:
-            band = x[:, :, lo:hi]
-        else:
-            band = torch.lerp(x[:, :, top[lo:hi]], x[:, :, bottom[lo:hi]],
-                              weight[:, :, lo:hi])
-        if same_w:
-            return band
-        return F.interpolate(band, size=(hi - lo, size[1]), mode='bilinear',
-                             align_corners=align_corners)
-    return rows
 
 
 def _lean_uper_forward(head, feats: list) -> torch.Tensor:
