@@ -1,5 +1,6 @@
 """Training through the chunkwise form: the same gradients as the parallel form (with and
 without gradient checkpointing), and nothing larger than q, k, v kept for the backward pass."""
+import pytest
 import torch
 from mmdet.registry import MODELS
 
@@ -66,10 +67,11 @@ def _saved_bytes(run, module, x):
     return sum(storages.values())
 
 
-def test_training_block_keeps_what_a_vit_block_keeps():
+def test_training_block_keeps_less_than_a_vit_block():
     """While training, a ViR block folds q's scale and its LayerScales into the linear layers
-    before them: the same gradients, and autograd keeps what a timm ViT block (no LayerScale)
-    keeps plus the three folded weight matrices, not three more token tensors."""
+    before them and recomputes GELU in the backward: the same gradients, and autograd keeps
+    neither the LayerScale inputs, nor GELU's output, nor a folded weight: four token tensors
+    (GELU's output) less than a timm ViT block (no LayerScale) keeps."""
     from timm.models.vision_transformer import Block as ViTBlock
     from vir_dense.models.vir import Block, RetentionContext
     torch.manual_seed(0)
@@ -89,9 +91,60 @@ def test_training_block_keeps_what_a_vit_block_keeps():
     for got, expected in zip(*grads):
         torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
     token = x.numel() * x.element_size()
-    weights = {m: m.weight.numel() * 8 for m in
-               (block.retention.qkv, block.retention.proj, block.mlp.fc2)}
-    # the two LayerScale inputs are not kept; their folded weight matrices are
-    assert kept[1] - kept[0] == 2 * token - weights[block.retention.proj] - weights[block.mlp.fc2]
+    # the two LayerScale inputs and GELU's output (4 tokens wide)
+    assert kept[1] - kept[0] == 6 * token
     vit = ViTBlock(dim, 2).double().train()
-    assert kept[0] <= _saved_bytes(vit, vit, x) + sum(weights.values())
+    assert kept[0] + 4 * token <= _saved_bytes(vit, vit, x)
+
+
+@pytest.mark.parametrize('bias', [True, False])
+def test_lean_training_functions_give_autograd_gradients(bias):
+    """scaled_linear and gelu_mlp (which keep less for the backward) against plain autograd
+    through the same ops, float64: the gradient of every input."""
+    from vir_dense.models.lean_training import gelu_mlp, scaled_linear
+    torch.manual_seed(0)
+    fc1 = torch.nn.Linear(6, 12, bias=bias).double()
+    fc2 = torch.nn.Linear(12, 6, bias=bias).double()
+    x = torch.randn(2, 5, 6, dtype=torch.float64, requires_grad=True)
+    scale = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(2, 5, 6, dtype=torch.float64)
+    inputs = [x, scale] + list(fc1.parameters()) + list(fc2.parameters())
+    cases = [(lambda: scaled_linear(x, fc2.weight[:, :6], fc2.bias, scale),
+              lambda: torch.nn.functional.linear(x, fc2.weight[:, :6], fc2.bias) * scale),
+             (lambda: gelu_mlp(x, fc1, fc2, scale, 'tanh'),
+              lambda: fc2(torch.nn.functional.gelu(fc1(x), approximate='tanh')) * scale),
+             (lambda: gelu_mlp(x, fc1, fc2, scale),
+              lambda: fc2(torch.nn.functional.gelu(fc1(x))) * scale)]
+    for lean, plain in cases:
+        got, expected = (torch.autograd.grad((run() * weights).sum(), inputs, allow_unused=True,
+                                             materialize_grads=True) for run in (lean, plain))
+        for a, b in zip(got, expected):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+
+@pytest.mark.parametrize('mode', ['parallel', 'chunkwise'])
+def test_inference_block_writes_in_place_with_the_same_values(mode):
+    """Without autograd in eval mode a block adds its LayerScaled branches and applies GELU in
+    place, and its input survives: bit for bit what the module-by-module forward gives. A hook
+    on a module that path would skip sends the block back to the module-by-module forward."""
+    from vir_dense.models.vir import Block, RetentionContext
+    torch.manual_seed(0)
+    dim, grid = 64, (12, 10)
+    ctx = RetentionContext('bidirectional_2d', mode, grid, True, 16)
+    block = Block(dim, 2, init_values=0.5).eval()
+    x = torch.randn(2, grid[0] * grid[1] + 1, dim)
+    before = x.clone()
+    expected = block(x, ctx)  # autograd enabled: module by module
+    assert block._in_place(x) is False
+    with torch.no_grad():
+        assert block._in_place(x)
+        got = block(x, ctx)
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+        assert torch.equal(x, before)
+        seen = []
+        handle = block.mlp.act.register_forward_hook(lambda *args: seen.append(1))
+        assert not block._in_place(x)
+        torch.testing.assert_close(block(x, ctx), expected, rtol=0, atol=0)
+        handle.remove()
+    assert seen == [1]

@@ -17,8 +17,13 @@ FORMS = [('parallel', None), ('recurrent', None), ('chunkwise', 1), ('chunkwise'
          ('chunkwise', 10), ('chunkwise', 1000)]
 
 
-def _qkv(num_tokens, dtype, heads=3, dim=8, batch=2, seed=0):
+def _qkv(num_tokens, dtype, heads=3, dim=8, batch=2, seed=0, packed=False):
+    """Three (B, H, N, d) tensors; packed: views of one (B, N, 3, H, d) projection, as the
+    model makes them (the chunkwise form then reads k and v through one view)."""
     gen = torch.Generator().manual_seed(seed)
+    if packed:
+        projection = torch.randn(batch, num_tokens, 3, heads, dim, generator=gen, dtype=dtype)
+        return list(projection.permute(2, 0, 3, 1, 4).unbind(0))
     return [torch.randn(batch, heads, num_tokens, dim, generator=gen, dtype=dtype)
             for _ in range(3)]
 
@@ -271,12 +276,15 @@ SCHEDULES = {'vir': decay_gammas(3), 'local': decay_gammas(3, exponents=(1, 5))}
 @pytest.mark.parametrize('schedule', list(SCHEDULES))
 def test_tiled_geometries_match_naive(mask, schedule):
     """Every tile geometry, with and without class token, both decay schedules, with and
-    without autograd, and under head/tile slices, equals the float64 reference."""
+    without autograd, under head/tile slices, and with q, k, v as separate tensors or as
+    slices of one projection, equals the float64 reference."""
     from vir_dense.ops.retention.chunkwise import _in_head_groups, tile_plan
     gamma = SCHEDULES[schedule]
     spec = mask_spec(mask)
-    for (grid, chunk_size), cls_token in itertools.product(TILED, [False, True]):
-        q, k, v = _qkv(grid[0] * grid[1] + cls_token, torch.float64, dim=4, batch=1)
+    for (grid, chunk_size), cls_token, packed in itertools.product(TILED, [False, True],
+                                                                   [False, True]):
+        q, k, v = _qkv(grid[0] * grid[1] + cls_token, torch.float64, dim=4, batch=1,
+                       packed=packed)
         reference = retention_naive(q, k, v, gamma, mask, grid, cls_token)
         for grad in (True, False):
             with torch.set_grad_enabled(grad):
@@ -294,23 +302,28 @@ def test_tiled_geometries_match_naive(mask, schedule):
 @pytest.mark.parametrize('mask', list(MASKS))
 def test_tiled_gradients_match_naive(mask):
     """The recompute backward (three more tiled calls; D^T as the reversed cell order for
-    causal masks) gives the reference gradients on grids with padding in both axes."""
+    causal masks) gives the reference gradients on grids with padding in both axes, for
+    separate q, k, v and for slices of one projection."""
     gamma = SCHEDULES['local']
     for (grid, chunk_size), cls_token in itertools.product(TILED[:4], [False, True]):
-        tensors = _qkv(grid[0] * grid[1] + cls_token, torch.float64, dim=4, batch=1)
-        weights = torch.randn_like(tensors[0])
+        tokens = grid[0] * grid[1] + cls_token
+        projection = torch.randn(1, tokens, 3, 3, 4, dtype=torch.float64)
+        weights = torch.randn(1, 3, tokens, 4, dtype=torch.float64)
         grads = []
-        for form in ('naive', 'chunkwise'):
-            inputs = [t.clone().requires_grad_(True) for t in tensors]
+        for form, packed in [('naive', False), ('chunkwise', False), ('chunkwise', True)]:
+            leaf = projection.clone().requires_grad_(True)
+            inputs = leaf.permute(2, 0, 3, 1, 4).unbind(0)
+            if not packed:  # three separate tensors
+                inputs = [t.contiguous() for t in inputs]
             if form == 'naive':
                 out = retention_naive(*inputs, gamma, mask, grid, cls_token)
             else:
                 out = retention(*inputs, mask=mask, mode='chunkwise', grid=grid,
                                 cls_token=cls_token, chunk_size=chunk_size, gamma=gamma)
             (out * weights).sum().backward()
-            grads.append([t.grad for t in inputs])
-        for expected, got in zip(*grads):
-            torch.testing.assert_close(got, expected, rtol=0, atol=1e-10,
+            grads.append(leaf.grad)
+        for got in grads[1:]:
+            torch.testing.assert_close(got, grads[0], rtol=0, atol=1e-10,
                                        msg=f'{grid} chunk {chunk_size}')
 
 

@@ -5,7 +5,7 @@
         [--chunk 256] [--malloc default|live|raised]
 
 Each (size, mask) runs in a fresh child: q, k, v for ViR-S's 6 heads of dim 64 on the size/16
-patch grid (+ class token) are built first and one call builds the geometry's constants (tile
+patch grid (+ class token), slices of one projection as in the model, are built first and one call builds the geometry's constants (tile
 indices, masks: kept per geometry); then the peak RSS of the next forward call (no grad) minus
 the RSS before it is the operator's transient peak. The prediction is
 `vir_dense.ops.retention.chunkwise.transient_elements` x 4 bytes, at the geometry the operator
@@ -37,7 +37,9 @@ def child(cfg):
     from vir_dense.ops.retention.chunkwise import slices_for_budget, transient_elements
     torch.set_num_threads(1)
     side = cfg['size'] // 16
-    q, k, v = (torch.randn(1, 6, side * side + 1, 64) for _ in range(3))
+    # q, k, v as the model makes them: (B, H, N, d) views of one (B, N, 3, H, d) projection
+    projection = torch.randn(1, side * side + 1, 3, 6, 64)
+    q, k, v = projection.permute(2, 0, 3, 1, 4).unbind(0)
     gamma = decay_gammas(6)
     kwargs = dict(mask=cfg['mask'], mode='chunkwise', grid=(side, side), cls_token=True,
                   chunk_size=cfg['chunk'], gamma=gamma, memory_budget=cfg.get('budget'))

@@ -42,6 +42,7 @@ from vir_dense.ops.retention import (DEFAULT_CHUNK, PAPER_DECAY_EXPONENTS,
 
 from .archs import VARIANTS, variant_kwargs
 from .convert import convert_to_vir
+from .lean_training import gelu_mlp, scaled_linear
 
 __all__ = ['VisionRetention', 'ViRTrunk', 'MultiHeadRetention', 'Block', 'run_blocks']
 
@@ -122,15 +123,6 @@ def _is_traced(value) -> bool:
     return isinstance(value, torch.fx.Proxy)
 
 
-def scaled_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                  scale: torch.Tensor) -> torch.Tensor:
-    """F.linear(x, weight, bias) * scale with the scale folded into weight and bias: autograd
-    then keeps x (which the linear keeps anyway) instead of another tensor of the output."""
-    if bias is not None:
-        bias = bias * scale
-    return F.linear(x, weight * scale[:, None], bias)
-
-
 class MultiHeadRetention(nn.Module):
     """Softmax-free retention: q, k, v from one linear layer, fixed per-head decay."""
 
@@ -163,13 +155,25 @@ class MultiHeadRetention(nn.Module):
     def _split_heads(self, x) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q (scaled), k, v as (B, H, N, d) views of one projection."""
         batch, tokens = x.shape[0], x.shape[1]
-        bias = self.qkv.bias
-        if bias is not None:
-            bias = bias * self.qkv_row_scale
-        qkv = F.linear(x, self.qkv.weight * self.qkv_weight_scale, bias)
+        if not torch.jit.is_scripting() and self._records(x):
+            qkv = self._recorded_qkv(x)
+        else:
+            bias = self.qkv.bias
+            if bias is not None:
+                bias = bias * self.qkv_row_scale
+            qkv = F.linear(x, self.qkv.weight * self.qkv_weight_scale, bias)
         qkv = qkv.reshape(batch, tokens, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         return q, k, v
+
+    @torch.jit.unused
+    def _records(self, x) -> bool:
+        return torch.is_grad_enabled() and not _is_traced(x)
+
+    @torch.jit.unused
+    def _recorded_qkv(self, x):
+        """Under autograd: the projection without keeping a scaled copy of its weight."""
+        return scaled_linear(x, self.qkv.weight, self.qkv.bias, self.qkv_row_scale)
 
     def _merge_heads(self, out, layer_scale: Optional[torch.Tensor] = None):
         """Heads merged and projected; times layer_scale when given (see Block)."""
@@ -180,12 +184,14 @@ class MultiHeadRetention(nn.Module):
         return self.proj_drop(scaled_linear(merged, self.proj.weight, self.proj.bias,
                                             layer_scale))
 
+    def retain(self, q, k, v, ctx: RetentionContext):
+        return retention_op(q, k, v, ctx.mask, ctx.mode, ctx.grid[0], ctx.grid[1], ctx.cls_token,
+                            ctx.chunk_size, ctx.normalize, self.decay_exponents[0],
+                            self.decay_exponents[1], ctx.memory_budget)
+
     def forward(self, x, ctx: RetentionContext, layer_scale: Optional[torch.Tensor] = None):
         q, k, v = self._split_heads(x)
-        out = retention_op(q, k, v, ctx.mask, ctx.mode, ctx.grid[0], ctx.grid[1], ctx.cls_token,
-                           ctx.chunk_size, ctx.normalize, self.decay_exponents[0],
-                           self.decay_exponents[1], ctx.memory_budget)
-        return self._merge_heads(out, layer_scale)
+        return self._merge_heads(self.retain(q, k, v, ctx), layer_scale)
 
     def forward_stream(self, x, state, piece):
         """Causal streaming: x holds the tokens of `piece` (ops.retention.stream_pieces)."""
@@ -216,8 +222,11 @@ class Block(nn.Module):
         return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
 
     def forward(self, x, ctx: RetentionContext):
-        if self.layer_scaled and not torch.jit.is_scripting() and self._folds(x):
-            return self._forward_folded(x, ctx)
+        if self.layer_scaled and not torch.jit.is_scripting():
+            if self._folds(x):
+                return self._forward_folded(x, ctx)
+            if self._in_place(x):
+                return self._forward_in_place(x, ctx)
         x = x + self.drop_path1(self.ls1(self.retention(self.norm1(x), ctx)))
         return self._mlp_branch(x)
 
@@ -230,21 +239,65 @@ class Block(nn.Module):
     @torch.jit.unused
     def _forward_folded(self, x, ctx: RetentionContext):
         """forward, with each LayerScale folded into the linear layer before it (`proj`,
-        `mlp.fc2`; timm's Mlp forward otherwise): the same values, but autograd keeps two
-        token tensors per block less (the LayerScale inputs; 12% of a ViR-S block's)."""
+        `mlp.fc2`; timm's Mlp forward otherwise) and GELU recomputed in the backward
+        (lean_training.py): the same values and gradients, but autograd keeps six token
+        tensors per ViR-S block less (the two LayerScale inputs and GELU's output: 16 -> 10
+        per block from the residual stream's own)."""
         x = x + self.drop_path1(self.retention(self.norm1(x), ctx, self.ls1.gamma))
         mlp = self.mlp
-        hidden = mlp.norm(mlp.drop1(mlp.act(mlp.fc1(self.norm2(x)))))
-        out = scaled_linear(hidden, mlp.fc2.weight, mlp.fc2.bias, self.ls2.gamma)
+        if self._recomputes_gelu():
+            out = gelu_mlp(self.norm2(x), mlp.fc1, mlp.fc2, self.ls2.gamma, mlp.act.approximate)
+        else:
+            hidden = mlp.norm(mlp.drop1(mlp.act(mlp.fc1(self.norm2(x)))))
+            out = scaled_linear(hidden, mlp.fc2.weight, mlp.fc2.bias, self.ls2.gamma)
         return x + self.drop_path2(mlp.drop2(out))
+
+    @torch.jit.unused
+    def _recomputes_gelu(self) -> bool:
+        """timm's Mlp with GELU, no dropout or norm between fc1 and fc2, no hooks inside."""
+        mlp = self.mlp
+        return (type(mlp.act) is nn.GELU and isinstance(mlp.norm, nn.Identity)
+                and not (isinstance(mlp.drop1, nn.Dropout) and mlp.drop1.p > 0)
+                and not _has_hooks((mlp, mlp.fc1, mlp.act, mlp.drop1, mlp.norm, mlp.fc2)))
+
+    @torch.jit.unused
+    def _in_place(self, x) -> bool:
+        """Inference in eval mode, eagerly (not under torch.fx or torch.compile), while no
+        hook waits on a module that the in-place forward does not call."""
+        return not (self.training or torch.is_grad_enabled() or _is_traced(x)
+                    or torch.compiler.is_compiling()
+                    or _has_hooks((self.retention, self.ls1, self.ls2, self.mlp, self.mlp.act)))
+
+    @torch.jit.unused
+    def _forward_in_place(self, x, ctx: RetentionContext):
+        """forward without autograd: the same values, with the LayerScales, the residual
+        additions and GELU written into tensors the block has just made, and the normalized
+        tokens freed before retention runs. On a CPU a fresh tensor costs about ten times its
+        writing once it exceeds glibc's mmap threshold (32 MB: a ViR-S token tensor from
+        4096² on), and each one held raises the peak."""
+        attn, mlp = self.retention, self.mlp
+        q, k, v = attn._split_heads(self.norm1(x))
+        out = attn.retain(q, k, v, ctx)
+        del q, k, v
+        batch, tokens = out.shape[0], out.shape[2]
+        merged = out.transpose(1, 2).reshape(batch, tokens, -1)  # a view for chunkwise
+        del out
+        x = attn.proj(merged).mul_(self.ls1.gamma).add_(x)  # = x + ls1(proj(merged))
+        del merged
+        hidden = mlp.fc1(self.norm2(x))
+        if isinstance(mlp.act, nn.GELU):
+            torch.ops.aten.gelu_(hidden, approximate=mlp.act.approximate)
+        else:
+            hidden = mlp.act(hidden)
+        return mlp.fc2(mlp.norm(hidden)).mul_(self.ls2.gamma).add_(x)
 
     def forward_stream(self, x, state, piece):
         out, state = self.retention.forward_stream(self.norm1(x), state, piece)
         return self._mlp_branch(x + self.drop_path1(self.ls1(out))), state
 
 
-def _has_block_hooks(blocks) -> bool:
-    return any(block._forward_hooks or block._forward_pre_hooks for block in blocks)
+def _has_hooks(modules) -> bool:
+    return any(module._forward_hooks or module._forward_pre_hooks for module in modules)
 
 
 def run_blocks(blocks, x, ctx: RetentionContext, out_indices=(), with_cp=False,
@@ -268,7 +321,7 @@ def run_blocks(blocks, x, ctx: RetentionContext, out_indices=(), with_cp=False,
     # traced graph (its pieces depend on the input size) nor when a block carries forward
     # hooks (timm's features_only='hook'): streaming never calls Block.forward. The operator
     # then runs the same mode over the whole sequence, block by block: same outputs.
-    streaming = (not traced and mask_spec(ctx.mask).causal and not _has_block_hooks(blocks)
+    streaming = (not traced and mask_spec(ctx.mask).causal and not _has_hooks(blocks)
                  and (ctx.mode == 'recurrent' or (ctx.mode == 'chunkwise' and last_token_only)))
     if not streaming:
         for index, block in enumerate(blocks):

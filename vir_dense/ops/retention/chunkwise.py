@@ -26,14 +26,15 @@ about 4 d^2 (build and read) plus its carry and mix, ~190k FLOPs at d = 64 on ev
 
 Transient memory per call (`transient_elements`, checked against
 tools/analysis_tools/measure_retention_memory.py), in elements of the compute dtype, for B
-batch, H heads, N_p padded cells, d head dim, split into g head groups and s query slices:
-    B H N_p (max(6 d + d^2 / R, 7 d + max(L, d^2 / R), 6 d + max(L, d^2 / R, d^2 / T)) / g
-             +  d [if g > 1])
-the peak of three phases (one side's states of the column family; the intra-tile scores next
-to q, k, v and the output in tile order; the row family's states), whose states and scores
-share one buffer that only grows (with s > 1 slices the scores are L / s, fresh).
-`memory_budget` (bytes) picks the fewest slices that fit (same result, more ops): each head
-group is a whole call on its heads (its own tile-order copies), written into one output.
+batch, H heads, N_p padded cells, d head dim, L = R T, split into g head groups and s query
+slices:
+    B H N_p ((4 d + max(L / s, d^2 / T, d^2 / R (1 + 2 sides / T))) / g  +  d [if g > 1])
+held through the call are the queries, keys and values gathered into cells and the output in
+cells (4 d); beside them one buffer holds in turn the tile scores and the two families' states,
+and only grows; the column family's mix across the width (blocked per tile column) adds two
+summaries per tile column and side (`transient_elements` has every case). k and v that are not slices of one tensor (the model's are: one projection)
+are stacked first, 2 d more. `memory_budget` (bytes) picks the fewest slices that fit (same
+result, more ops): each head group is a whole call on its heads, written into one output.
 
 Training saves only q, k, v: the backward pass is three more chunkwise retentions (the gradient
 of (Q K^T ⊙ D) V is retention with D or D^T; D^T is D on the grid flipped in both axes, which
@@ -48,7 +49,7 @@ import torch.nn.functional as F
 
 from .decay import DEFAULT_CHUNK, TokenLayout, compute_dtype, decay_powers, make_layout, \
     mask_spec
-from .decay_sum import BLOCK, DecaySum, of_heads
+from .decay_sum import BLOCK, DIRECT_MAX, DecaySum, of_heads
 from .parallel import parallel_decay_mask
 
 
@@ -187,50 +188,58 @@ def _tile_mask(gamma, height, width, causal, dtype):
 
 
 def transient_elements(batch, heads, rows, cols, dim, chunk_size, causal, head_groups=1,
-                       query_groups=1):
-    """The docstring's transient-memory formula, for a (rows, cols) extended grid: the peak
-    of the three phases of `_tiled` (column family, intra-tile scores, row family). The
-    states/scores buffer only grows from phase to phase (`_Reuse`), except that sliced tile
-    scores are fresh and the buffer is freed before them."""
+                       query_groups=1, packed=True):
+    """The docstring's transient-memory formula, for a (rows, cols) extended grid. Held
+    through a `_tiled` call: the queries, the gathered keys and values and the output, all in
+    cells (4 d; 2 d more for k and v stacked when they are not `packed`, i.e. slices of one
+    tensor). Beside them one buffer (`_Reuse`) holds in turn the tile scores (L; with s > 1
+    slices each slice's L / s scores and d / s output are fresh instead), the row family's
+    states (d^2 / T) and the column family's (d^2 / R), growing as needed; a blocked decay
+    sum over a family's states holds two summaries per block and side next to them."""
     bands, height, tile_cols, width = tile_shape(chunk_size, rows, cols)
     cells = bands * height * tile_cols * width
-    square, phases = 0, []
-    if bands > 1:  # keys/values (2), queries, the pair buffer (2), states, the first read
-        square = dim * dim / height
-        phases.append(6 * dim + square)
-    if query_groups == 1:  # ..., the intra-tile output and the scores in the buffer
-        square = max(square, height * width)
-        phases.append(7 * dim + square)
-    else:
-        square = 0
-        phases.append(7 * dim + height * width / query_groups)
-    if tile_cols > 1:
-        square = max(square, dim * dim / width)
-        phases.append(6 * dim + square)
+    sides = 1 if causal else 2
+
+    def summaries(length, block=BLOCK, direct_max=DIRECT_MAX):  # per element summed
+        return 2 * sides / block if length > max(direct_max, block) else 0
+
+    buffer = height * width if query_groups == 1 else 0
+    phases = [height * width / query_groups + (dim / query_groups if query_groups > 1 else 0)]
+    families = [(tile_cols > 1, dim * dim / width, max(summaries(tile_cols),
+                                                       summaries(height, BLOCK, BLOCK))),
+                (bands > 1, dim * dim / height, max(summaries(bands),
+                                                    summaries(tile_cols * width, width, width)))]
+    for present, states, extra in families:
+        if present:
+            buffer = max(buffer, states)
+            phases.append(buffer + states * extra)
+    held = (4 if packed else 6) * dim
     output = dim if head_groups > 1 else 0  # the groups' results, gathered in one tensor
-    return int(batch * heads * cells * (max(phases) / head_groups + output))
+    return int(batch * heads * cells * ((held + max(phases)) / head_groups + output))
 
 
-def least_budget(batch, heads, rows, cols, dim, chunk_size, causal, element_bytes=4):
+def least_budget(batch, heads, rows, cols, dim, chunk_size, causal, element_bytes=4,
+                 packed=True):
     """The smallest memory_budget (bytes) `slices_for_budget` accepts: one head at a time,
     the tile scores in the most slices it considers."""
     tiles = math.prod(tile_shape(chunk_size, rows, cols)[::2])
     return element_bytes * transient_elements(batch, heads, rows, cols, dim, chunk_size, causal,
-                                              heads, min(tiles, 64))
+                                              heads, min(tiles, 64), packed)
 
 
 def slices_for_budget(budget_bytes, batch, heads, rows, cols, dim, chunk_size, causal,
-                      element_bytes=4):
+                      element_bytes=4, packed=True):
     """(head_groups, query_groups): the fewest slices whose transient memory fits the budget."""
     tiles = math.prod(tile_shape(chunk_size, rows, cols)[::2])
     options = sorted(((h, q) for h in range(1, heads + 1) for q in range(1, tiles + 1)
                       if heads % h == 0 and q <= 64), key=lambda hq: (hq[0] * hq[1], hq))
     for head_groups, query_groups in options:
         need = element_bytes * transient_elements(batch, heads, rows, cols, dim, chunk_size,
-                                                  causal, head_groups, query_groups)
+                                                  causal, head_groups, query_groups, packed)
         if need <= budget_bytes:
             return head_groups, query_groups
-    least = least_budget(batch, heads, rows, cols, dim, chunk_size, causal, element_bytes)
+    least = least_budget(batch, heads, rows, cols, dim, chunk_size, causal, element_bytes,
+                         packed)
     raise ValueError(f'memory_budget={budget_bytes / 2**20:.1f} MiB is below what retention '
                      f'needs on this grid ({least / 2**20:.1f} MiB one head at a time); raise '
                      'it or pass memory_budget=None')
@@ -257,18 +266,35 @@ class _Reuse:
     allocated once and later results are written into it (`out=`): on a CPU a fresh large
     tensor costs about ten times its writing (the kernel maps and zeroes its pages on first
     touch, and unmaps them when it is freed), measured as ~35% of a call at 2048² and 4096².
-    Compiled and exported graphs take the functional ops (same values)."""
+    Compiled and exported graphs take the functional ops (same values).
 
-    def __init__(self):
+    Keys and values sit side by side so that one gather serves both: a view where k and v
+    are slices of one storage a fixed offset apart (the model's: one projection; the
+    backward's first call passes them in the other order), else a stacked copy (2 d per
+    cell more for the whole call)."""
+
+    def __init__(self, k, v):
         self.eager = not torch.compiler.is_compiling()
         self.pair = self.queries = self.square = None
+        first, step = _packed(k, v) if self.eager else (None, None)
+        self.swapped = first is v
+        if first is None:
+            self.keys_values = torch.stack((k, v))
+        else:
+            self.keys_values = first.as_strided((2,) + tuple(first.shape),
+                                                (step,) + first.stride())
 
-    def pair_of(self, keys_values, index):
-        """(2, B, h, N_p, d): keys and values gathered into cells."""
+    def pair_of(self, index):
+        """(keys, values), each (B, h, N_p, d): gathered into cells, in one buffer."""
         if self.eager and self.pair is not None:
-            return torch.index_select(keys_values, 3, index, out=self.pair)
-        self.pair = keys_values.index_select(3, index)
-        return self.pair
+            torch.index_select(self.keys_values, 3, index, out=self.pair)
+        else:
+            self.pair = self.keys_values.index_select(3, index)
+        first, second = self.pair.unbind(0)
+        return (second, first) if self.swapped else (first, second)
+
+    def release(self):
+        self.keys_values = self.pair = self.queries = self.square = None
 
     def queries_of(self, q, index):
         if self.eager and self.queries is not None:
@@ -283,64 +309,93 @@ class _Reuse:
         out = buffer.as_strided((a.shape[0], rows, cols), (rows * cols, cols, 1))
         return torch.bmm(a, b, out=out)
 
-    def read(self, a, b, fresh):
+    def read(self, a, b):
         """a @ b, (n, l, d) like the queries: into the pair buffer (free once the states are
-        built) unless `fresh` (a family's first read, which becomes its output)."""
-        if fresh or not self.eager:
+        built)."""
+        if not self.eager:
             return torch.bmm(a, b)
         return self._bmm_into(self.pair, a, b)
 
     def bmm(self, a, b):
-        """a @ b into the states/scores buffer (the buffer grows when a product needs more)."""
+        """a @ b into the states/scores buffer. It grows when a product needs more (R < T
+        makes the scores L = R T smaller than the row states d^2 / T and those smaller than
+        the column states d^2 / R): the old one is freed first, never held beside the new."""
         if self.eager and self.square is not None and \
                 self.square.numel() >= a.shape[0] * a.shape[1] * b.shape[2]:
             return self._bmm_into(self.square, a, b)
+        self.square = None
         self.square = torch.bmm(a, b)
         return self.square
 
 
 def _tiled(q, k, v, plan, heads=slice(None), query_groups=1, flip=False):
     """Retention of (B, h, N, d) q, k, v in the compute dtype (no autograd inside); they hold
-    the plan's heads `heads` (a slice).
+    the plan's heads `heads` (a slice). The result is (B, h, N, d) in (B, N, h, d) memory.
 
     flip: under D^T (the grid flipped in both axes: reversed cell order), for the backward.
     """
     batch, num_heads, _, dim = q.shape
     tiles = (batch, num_heads, plan.bands, plan.tile_cols)
     side = int(flip)
-    reuse = _Reuse()
-    # Keys and values side by side: one gather serves both.
-    keys_values = torch.stack((k, v))
-    columns = None
-    if plan.columns is not None:  # other bands, read in column-major tiles
-        queries = reuse.queries_of(q, plan.gathers[1].index[side])
-        columns = _family(queries.view(tiles + (plan.width, plan.height, dim)), keys_values,
-                          plan.columns, heads, side, 2, reuse)
+    reuse = _Reuse(k, v)
     cells = plan.gathers[0]
     shape = tiles + (plan.height, plan.width, dim)
     queries = reuse.queries_of(q, cells.index[side]).view(shape)
-    keys, values = reuse.pair_of(keys_values, cells.index[side]).unbind(0)
+    keys, values = reuse.pair_of(cells.index[side])
     values.mul_(plan.value_masks[side])  # empty cells add nothing
     out = _intra_tiles(queries, keys.view(shape), values.view(shape),
                        of_heads(plan.intra_mask, heads), query_groups, reuse)
     del keys, values
-    if columns is not None:  # column-major into the row-major output
-        out.add_(columns.transpose(4, 5))
-        del columns
     if plan.rows is not None:  # other tiles of the band
-        _family(queries, keys_values, plan.rows, heads, side, 3, reuse, out=out)
-    return out.view(batch, num_heads, plan.cells, dim).index_select(2, cells.cells[side])
+        _family(queries, plan.rows, heads, side, 3, reuse, out)
+    if plan.columns is not None:  # other bands, read in column-major tiles
+        queries = reuse.queries_of(q, plan.gathers[1].index[side])
+        _family(queries.view(tiles + (plan.width, plan.height, dim)), plan.columns, heads,
+                side, 2, reuse, out.transpose(4, 5))
+    del queries
+    reuse.release()  # before the token-order output is allocated
+    return _token_order(out.view(batch, num_heads, plan.cells, dim), cells.cells[side],
+                        reuse.eager)
+
+
+def _packed(k, v):
+    """(the one of k, v that comes first in their storage, the offset to the other) where
+    they are slices of one storage a fixed offset apart (same shape and strides), else
+    (None, None)."""
+    if k.shape != v.shape or k.stride() != v.stride() or k.dtype != v.dtype or \
+            k.untyped_storage().data_ptr() != v.untyped_storage().data_ptr():
+        return None, None
+    step = v.storage_offset() - k.storage_offset()
+    if step == 0:
+        return None, None
+    return (k, step) if step > 0 else (v, -step)
+
+
+def _is_packed(k, v):
+    """Whether `_tiled` will read k and v through a view (eager only, as `_Reuse`)."""
+    return not torch.compiler.is_compiling() and _packed(k, v)[0] is not None
+
+
+def _token_order(out, index, eager):
+    """(B, h, N_p, d) cells -> (B, h, N, d) tokens, laid out as (B, N, h, d) in memory so that
+    merging the heads afterwards is a view rather than a copy."""
+    if not eager:
+        return out.index_select(2, index)
+    batch, heads, _, dim = out.shape
+    tokens = out.new_empty(batch, index.numel(), heads, dim).transpose(1, 2)
+    return torch.index_select(out, 2, index, out=tokens)
 
 
 def _in_head_groups(q, k, v, plan, head_groups=1, query_groups=1, flip=False):
     """`_tiled` on all heads at once, or group by group into one output (memory_budget)."""
     if head_groups == 1:
         return _tiled(q, k, v, plan, slice(None), query_groups, flip)
-    out = torch.empty_like(q, memory_format=torch.contiguous_format)
-    step = q.shape[1] // head_groups
-    for start in range(0, q.shape[1], step):
-        heads = slice(start, start + step)
-        out[:, heads] = _tiled(q[:, heads], k[:, heads], v[:, heads], plan, heads,
+    batch, heads, tokens, dim = q.shape
+    out = q.new_empty(batch, tokens, heads, dim).transpose(1, 2)  # as _token_order's
+    step = heads // head_groups
+    for start in range(0, heads, step):
+        group = slice(start, start + step)
+        out[:, group] = _tiled(q[:, group], k[:, group], v[:, group], plan, group,
                                query_groups, flip)
     return out
 
@@ -365,12 +420,12 @@ def _intra_tiles(q, k, v, mask, query_groups, reuse):
     return out.view(shape)
 
 
-def _family(q, keys_values, family, heads, flip, carry_axis, reuse, out=None):
-    """What each query reads from the family's other tiles, added to `out` (a new tensor if
-    None). q and out: (B, h, A, Bt, lines, cells per line, d) tiles of the plan's heads
-    `heads`; keys_values: (2, B, h, N, d) tokens, gathered per side one tile step away. The
-    states of a line's tile are carried along dim `carry_axis` (2: down the bands, then mixed
-    across the full width; 3: along the band, then mixed over the tile's rows)."""
+def _family(q, family, heads, flip, carry_axis, reuse, out):
+    """What each query reads from the family's other tiles, added to `out` (in place). q and
+    out: (B, h, A, Bt, lines, cells per line, d) tiles of the plan's heads `heads`; the keys
+    and values (`reuse`) are gathered per side one tile step away. The states of a line's
+    tile are carried along dim `carry_axis` (2: down the bands, then mixed across the full
+    width; 3: along the band, then mixed over the tile's rows)."""
     batch, num_heads, first, second, lines, length, dim = q.shape
     if carry_axis == 2:  # along A (bands), the rest of a band's tiles as width
         carried, mixed_groups = (1, first), first
@@ -378,7 +433,7 @@ def _family(q, keys_values, family, heads, flip, carry_axis, reuse, out=None):
         carried, mixed_groups = (first, second), first * second
     lines_of_q = q.reshape(-1, length, dim)  # the queries of each line, for both sides
     for side, carry in enumerate(family.carries):
-        ks, vs = reuse.pair_of(keys_values, family.shifted[side][flip]).unbind(0)
+        ks, vs = reuse.pair_of(family.shifted[side][flip])
         ks.mul_(of_heads(family.key_weights[side][flip], heads))
         states = reuse.bmm(ks.view(-1, length, dim).transpose(1, 2),
                            vs.view(-1, length, dim))  # (lines, d, d) per tile
@@ -387,14 +442,9 @@ def _family(q, keys_values, family, heads, flip, carry_axis, reuse, out=None):
         if family.mix is not None:
             states = family.mix.inplace(
                 states.view(batch, num_heads, mixed_groups, -1, dim * dim), heads)
-        read = reuse.read(lines_of_q, states.reshape(-1, dim, dim), out is None)
+        read = reuse.read(lines_of_q, states.reshape(-1, dim, dim))
         del states
-        weights = of_heads(family.query_weights[side], heads)
-        if out is None:  # first side: the read is the output
-            out = read.view(q.shape).mul_(weights)
-        else:
-            out.addcmul_(read.view(q.shape), weights)
-    return out
+        out.addcmul_(read.view(q.shape), of_heads(family.query_weights[side], heads))
 
 
 class _ChunkwiseRetention(torch.autograd.Function):
@@ -432,13 +482,14 @@ def retention_chunkwise(q, k, v, gamma, mask='causal_1d', grid=None, cls_token=F
     dtype = compute_dtype(q.dtype)
     gamma = gamma.to(device=q.device, dtype=torch.float64)
     plan = tile_plan(gamma, layout, chunk_size, mask.causal, dtype)
-    slices = (1, 1)
-    if memory_budget is not None:
-        slices = slices_for_budget(memory_budget, q.shape[0], q.shape[1], layout.grid_rows,
-                                   layout.cols, q.shape[-1], chunk_size, mask.causal,
-                                   torch.finfo(dtype).bits // 8)
     with torch.autocast(q.device.type, enabled=False):
-        out = _ChunkwiseRetention.apply(q.to(dtype), k.to(dtype), v.to(dtype), plan, *slices)
+        inputs = q.to(dtype), k.to(dtype), v.to(dtype)
+        slices = (1, 1)
+        if memory_budget is not None:
+            slices = slices_for_budget(memory_budget, q.shape[0], q.shape[1], layout.grid_rows,
+                                       layout.cols, q.shape[-1], chunk_size, mask.causal,
+                                       torch.finfo(dtype).bits // 8, _is_packed(*inputs[1:]))
+        out = _ChunkwiseRetention.apply(*inputs, plan, *slices)
     return out.to(q.dtype)
 
 
