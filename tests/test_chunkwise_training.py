@@ -100,7 +100,7 @@ def test_training_block_keeps_less_than_a_vit_block():
 @pytest.mark.parametrize('bias', [True, False])
 def test_lean_training_functions_give_autograd_gradients(bias):
     """scaled_linear and gelu_mlp (which keep less for the backward) against plain autograd
-    through the same ops, float64: the gradient of every input."""
+    through the same ops, float64: the output and the gradient of every input."""
     from vir_dense.models.lean_training import gelu_mlp, scaled_linear
     torch.manual_seed(0)
     fc1 = torch.nn.Linear(6, 12, bias=bias).double()
@@ -116,6 +116,7 @@ def test_lean_training_functions_give_autograd_gradients(bias):
              (lambda: gelu_mlp(x, fc1, fc2, scale),
               lambda: fc2(torch.nn.functional.gelu(fc1(x))) * scale)]
     for lean, plain in cases:
+        torch.testing.assert_close(lean(), plain(), rtol=1e-12, atol=1e-12)
         got, expected = (torch.autograd.grad((run() * weights).sum(), inputs, allow_unused=True,
                                              materialize_grads=True) for run in (lean, plain))
         for a, b in zip(got, expected):
