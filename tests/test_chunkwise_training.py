@@ -128,7 +128,8 @@ def test_lean_training_functions_give_autograd_gradients(bias):
 def test_inference_block_writes_in_place_with_the_same_values(mode):
     """Without autograd in eval mode a block adds its LayerScaled branches and applies GELU in
     place, and its input survives: bit for bit what the module-by-module forward gives. A hook
-    on a module that path would skip sends the block back to the module-by-module forward."""
+    on a module that path would skip, or autocast, sends the block back to the module-by-module
+    forward."""
     from vir_dense.models.vir import Block, RetentionContext
     torch.manual_seed(0)
     dim, grid = 64, (12, 10)
@@ -148,4 +149,6 @@ def test_inference_block_writes_in_place_with_the_same_values(mode):
         assert not block._in_place(x)
         torch.testing.assert_close(block(x, ctx), expected, rtol=0, atol=0)
         handle.remove()
+        with torch.autocast('cpu', dtype=torch.bfloat16):  # would round the residual stream
+            assert not block._in_place(x)
     assert seen == [1]

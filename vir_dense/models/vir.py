@@ -262,10 +262,11 @@ class Block(nn.Module):
 
     @torch.jit.unused
     def _in_place(self, x) -> bool:
-        """Inference in eval mode, eagerly (not under torch.fx or torch.compile), while no
-        hook waits on a module that the in-place forward does not call."""
+        """Inference in eval mode, eagerly (not under torch.fx or torch.compile), without
+        autocast (a low-precision branch would round the residual stream when added in
+        place), while no hook waits on a module that the in-place forward does not call."""
         return not (self.training or torch.is_grad_enabled() or _is_traced(x)
-                    or torch.compiler.is_compiling()
+                    or torch.compiler.is_compiling() or torch.is_autocast_enabled(x.device.type)
                     or _has_hooks((self.retention, self.ls1, self.ls2, self.mlp, self.mlp.act)))
 
     @torch.jit.unused

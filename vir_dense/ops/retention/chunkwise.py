@@ -17,7 +17,8 @@ tile (band b, tile column t) at in-tile row r, column c reads three disjoint set
   tile column) and read with gamma^(r+1).
 Each side of a family gathers its keys and values one tile step away, so its carry is a
 non-strict decay sum; carries and mixes then run in place on the one state tensor
-(`DecaySum.inplace`). No loop depends on the image: the ops per call are constant. Gathers,
+(`DecaySum.inplace`). No loop depends on the image: the ops per call do not grow with it (138
+to 140: writing into a reused buffer is two ops, a fresh product one). Gathers,
 states and scores are written into a few buffers reused phase after phase (`_Reuse`).
 
 Cost per token and head (d head dim, L = R T): intra-tile 4 L d FLOPs, each side of each family
