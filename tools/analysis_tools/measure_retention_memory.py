@@ -5,9 +5,10 @@
         [--chunk 256] [--malloc default|live|raised]
 
 Each (size, mask) runs in a fresh child: q, k, v for ViR-S's 6 heads of dim 64 on the size/16
-patch grid (+ class token), slices of one projection as in the model, are built first and one call builds the geometry's constants (tile
-indices, masks: kept per geometry); then the peak RSS of the next forward call (no grad) minus
-the RSS before it is the operator's transient peak. The prediction is
+patch grid (+ class token), slices of one projection as in the model, are built first and one
+call builds the geometry's constants (tile indices, masks: kept per geometry); then the peak
+RSS of the next forward call (no grad) minus the RSS before it is the operator's transient
+peak. The prediction is
 `vir_dense.ops.retention.chunkwise.transient_elements` x 4 bytes, at the geometry the operator
 itself uses (its `make_layout` grid, its `tile_shape`). --malloc: glibc's default settings
 (tensors under its dynamic mmap threshold, up to 32 MB, stay in the heap, which keeps freed

@@ -241,8 +241,8 @@ class Block(nn.Module):
         """forward, with each LayerScale folded into the linear layer before it (`proj`,
         `mlp.fc2`; timm's Mlp forward otherwise) and GELU recomputed in the backward
         (lean_training.py): the same values and gradients, but autograd keeps six token
-        tensors per ViR-S block less (the two LayerScale inputs and GELU's output: 16 -> 10
-        per block from the residual stream's own)."""
+        tensors per ViR-S block less (the two LayerScale inputs and GELU's output): 12, q, k
+        and v included, against 18 module by module."""
         x = x + self.drop_path1(self.retention(self.norm1(x), ctx, self.ls1.gamma))
         mlp = self.mlp
         if self._recomputes_gelu():
@@ -256,7 +256,7 @@ class Block(nn.Module):
     def _recomputes_gelu(self) -> bool:
         """timm's Mlp with GELU, no dropout or norm between fc1 and fc2, no hooks inside."""
         mlp = self.mlp
-        return (type(mlp.act) is nn.GELU and isinstance(mlp.norm, nn.Identity)
+        return (_is_gelu(mlp.act) and isinstance(mlp.norm, nn.Identity)
                 and not (isinstance(mlp.drop1, nn.Dropout) and mlp.drop1.p > 0)
                 and not _has_hooks((mlp, mlp.fc1, mlp.act, mlp.drop1, mlp.norm, mlp.fc2)))
 
@@ -279,14 +279,11 @@ class Block(nn.Module):
         attn, mlp = self.retention, self.mlp
         q, k, v = attn._split_heads(self.norm1(x))
         out = attn.retain(q, k, v, ctx)
-        del q, k, v
-        batch, tokens = out.shape[0], out.shape[2]
-        merged = out.transpose(1, 2).reshape(batch, tokens, -1)  # a view for chunkwise
+        del q, k, v  # the projection, before proj allocates
+        x = attn._merge_heads(out).mul_(self.ls1.gamma).add_(x)  # = x + ls1(...)
         del out
-        x = attn.proj(merged).mul_(self.ls1.gamma).add_(x)  # = x + ls1(proj(merged))
-        del merged
         hidden = mlp.fc1(self.norm2(x))
-        if isinstance(mlp.act, nn.GELU):
+        if _is_gelu(mlp.act):
             torch.ops.aten.gelu_(hidden, approximate=mlp.act.approximate)
         else:
             hidden = mlp.act(hidden)
@@ -295,6 +292,12 @@ class Block(nn.Module):
     def forward_stream(self, x, state, piece):
         out, state = self.retention.forward_stream(self.norm1(x), state, piece)
         return self._mlp_branch(x + self.drop_path1(self.ls1(out))), state
+
+
+def _is_gelu(act) -> bool:
+    """nn.GELU itself (a subclass may compute something else): what the lean paths replace
+    by the aten GELU ops."""
+    return type(act) is nn.GELU
 
 
 def _has_hooks(modules) -> bool:

@@ -18,8 +18,8 @@ tile (band b, tile column t) at in-tile row r, column c reads three disjoint set
 Each side of a family gathers its keys and values one tile step away, so its carry is a
 non-strict decay sum; carries and mixes then run in place on the one state tensor
 (`DecaySum.inplace`). No loop depends on the image: the ops per call do not grow with it (138
-to 140: writing into a reused buffer is two ops, a fresh product one). Gathers,
-states and scores are written into a few buffers reused phase after phase (`_Reuse`).
+to 140: writing into a reused buffer is two ops, a fresh product one). Gathers, states and
+scores are written into a few buffers reused phase after phase (`_Reuse`).
 
 Cost per token and head (d head dim, L = R T): intra-tile 4 L d FLOPs, each side of each family
 about 4 d^2 (build and read) plus its carry and mix, ~190k FLOPs at d = 64 on every grid from
@@ -33,9 +33,10 @@ slices:
 held through the call are the queries, keys and values gathered into cells and the output in
 cells (4 d); beside them one buffer holds in turn the tile scores and the two families' states,
 and only grows; the column family's mix across the width (blocked per tile column) adds two
-summaries per tile column and side (`transient_elements` has every case). k and v that are not slices of one tensor (the model's are: one projection)
-are stacked first, 2 d more. `memory_budget` (bytes) picks the fewest slices that fit (same
-result, more ops): each head group is a whole call on its heads, written into one output.
+summaries per tile column and side (`transient_elements` has every case). k and v that are
+not slices of one tensor (the model's are: one projection) are stacked first, 2 d more.
+`memory_budget` (bytes) picks the fewest slices that fit (same result, more ops): each head
+group is a whole call on its heads, written into one output.
 
 Training saves only q, k, v: the backward pass is three more chunkwise retentions (the gradient
 of (Q K^T ⊙ D) V is retention with D or D^T; D^T is D on the grid flipped in both axes, which
@@ -46,7 +47,6 @@ in tile order is the reversed cell order), so no N-sized intermediate is kept.
 import math
 
 import torch
-import torch.nn.functional as F
 
 from .decay import DEFAULT_CHUNK, TokenLayout, compute_dtype, decay_powers, make_layout, \
     mask_spec
@@ -410,7 +410,6 @@ def _intra_tiles(q, k, v, mask, query_groups, reuse):
         scores = reuse.bmm(q, k.transpose(1, 2))
         scores.view(shape[0], shape[1], -1, size, size).mul_(mask)
         return torch.bmm(scores, v).view(shape)
-    reuse.square = None  # the slices' scores are smaller than the buffer: free it
     q, k, v = (t.view(shape[0], shape[1], -1, size, shape[-1]) for t in (q, k, v))
     out = torch.empty_like(q)
     step = -(-q.shape[2] // query_groups)
