@@ -152,3 +152,40 @@ def test_inference_block_writes_in_place_with_the_same_values(mode):
         with torch.autocast('cpu', dtype=torch.bfloat16):  # would round the residual stream
             assert not block._in_place(x)
     assert seen == [1]
+
+
+def test_shared_workspace_gives_the_same_values_and_is_reused():
+    """Inference through run_blocks shares one workspace between the chunkwise calls and the
+    MLPs (ops.retention.workspace): bit for bit the values of calls that each allocate their
+    own buffers, whatever sizes follow one another, and no workspace outlives the forward."""
+    import timm
+    from vir_dense.ops.retention import retention_chunkwise, reused_buffers
+    from vir_dense.ops.retention.workspace import SCRATCH, active_workspace
+    torch.manual_seed(0)
+    gamma = decay_gammas(2)
+    calls = []
+    for grid in [(6, 7), (12, 10), (6, 7)]:  # grows, then a smaller call in a larger buffer
+        qkv = torch.randn(1, grid[0] * grid[1] + 1, 3, 2, 8).permute(2, 0, 3, 1, 4)
+        calls.append((grid, qkv.unbind(0)))
+    alone = [retention_chunkwise(*qkv, gamma, 'bidirectional_2d', grid, True, 16)
+             for grid, qkv in calls]
+    key = (SCRATCH, torch.float32, torch.device('cpu'))
+    scratch = []
+    with torch.no_grad(), reused_buffers() as workspace:
+        for (grid, qkv), expected in zip(calls, alone):
+            got = retention_chunkwise(*qkv, gamma, 'bidirectional_2d', grid, True, 16)
+            torch.testing.assert_close(got, expected, rtol=0, atol=0)
+            scratch.append(workspace.buffers[key])
+    # grown for the larger grid, then kept for the smaller one
+    assert scratch[1].numel() > scratch[0].numel() and scratch[2] is scratch[1]
+    assert active_workspace() is None
+
+    model = timm.create_model('vir_tiny_patch16_224', depth=3, img_size=(96, 80),
+                              retention_mode='chunkwise', chunk_size=16,
+                              mask='bidirectional_2d', init_values=0.5).eval()
+    image = torch.randn(2, 3, 96, 80)
+    expected = model.forward_features(image)  # autograd on: module by module, no workspace
+    with torch.no_grad():
+        got = model.forward_features(image)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    assert active_workspace() is None

@@ -15,6 +15,7 @@ only, `retention_op` and `resized_position_embedding` (see their docstrings): th
 around them uses plain types, so it scripts and traces like timm's ViT. docs/timm.md lists what
 a scripted or traced ViR does and does not do.
 """
+import contextlib
 import warnings
 from functools import partial
 from typing import Dict, NamedTuple, Optional, Tuple
@@ -38,7 +39,8 @@ except ImportError:  # older timm: the patch embedding's own img_size is all the
 from vir_dense.ops.retention import (DEFAULT_CHUNK, PAPER_DECAY_EXPONENTS,
                                      check_memory_budget, check_mode, compute_dtype,
                                      decay_gammas, mask_spec, resolve_mode, retention,
-                                     retention_stream, stream_pieces)
+                                     retention_stream, reused_buffers, stream_pieces)
+from vir_dense.ops.retention.workspace import SCRATCH, active_workspace
 
 from .archs import VARIANTS, variant_kwargs
 from .convert import convert_to_vir
@@ -267,7 +269,8 @@ class Block(nn.Module):
         place), while no hook waits on a module that the in-place forward does not call."""
         return not (self.training or torch.is_grad_enabled() or _is_traced(x)
                     or torch.compiler.is_compiling() or torch.is_autocast_enabled(x.device.type)
-                    or _has_hooks((self.retention, self.ls1, self.ls2, self.mlp, self.mlp.act)))
+                    or _has_hooks((self.retention, self.ls1, self.ls2, self.mlp, self.mlp.fc1,
+                                   self.mlp.act)))
 
     @torch.jit.unused
     def _forward_in_place(self, x, ctx: RetentionContext):
@@ -282,16 +285,37 @@ class Block(nn.Module):
         del q, k, v  # the projection, before proj allocates
         x = attn._merge_heads(out).mul_(self.ls1.gamma).add_(x)  # = x + ls1(...)
         del out
-        hidden = mlp.fc1(self.norm2(x))
+        hidden, scratch = _linear_into_scratch(mlp.fc1, self.norm2(x))
         if _is_gelu(mlp.act):
             torch.ops.aten.gelu_(hidden, approximate=mlp.act.approximate)
         else:
             hidden = mlp.act(hidden)
-        return mlp.fc2(mlp.norm(hidden)).mul_(self.ls2.gamma).add_(x)
+        out = mlp.fc2(mlp.norm(hidden)).mul_(self.ls2.gamma).add_(x)
+        if scratch is not None:
+            active_workspace().give(SCRATCH, scratch)
+        return out
 
     def forward_stream(self, x, state, piece):
         out, state = self.retention.forward_stream(self.norm1(x), state, piece)
         return self._mlp_branch(x + self.drop_path1(self.ls1(out))), state
+
+
+def _linear_into_scratch(linear: nn.Linear, x):
+    """(linear(x), the buffer it was written into or None): into the retention workspace's
+    scratch buffer where run_blocks shares one (ops.retention.workspace). Idle between
+    retention calls and at least as large as the MLP's hidden tokens, it spares them fresh
+    pages and keeps them off the block's peak."""
+    workspace = active_workspace()
+    if workspace is None or type(linear) is not nn.Linear:
+        return linear(x), None
+    rows = x.shape[:-1].numel()
+    scratch = workspace.take(SCRATCH, rows * linear.out_features, x.dtype, x.device)
+    out = scratch[:rows * linear.out_features].view(rows, linear.out_features)
+    if linear.bias is None:
+        torch.mm(x.reshape(rows, -1), linear.weight.t(), out=out)
+    else:
+        torch.addmm(linear.bias, x.reshape(rows, -1), linear.weight.t(), out=out)
+    return out.view(x.shape[:-1] + (linear.out_features,)), scratch
 
 
 def _is_gelu(act) -> bool:
@@ -328,13 +352,17 @@ def run_blocks(blocks, x, ctx: RetentionContext, out_indices=(), with_cp=False,
     streaming = (not traced and mask_spec(ctx.mask).causal and not _has_hooks(blocks)
                  and (ctx.mode == 'recurrent' or (ctx.mode == 'chunkwise' and last_token_only)))
     if not streaming:
-        for index, block in enumerate(blocks):
-            if with_cp and not traced and x.requires_grad:
-                x = checkpoint(block, x, ctx, use_reentrant=False)
-            else:
-                x = block(x, ctx)
-            if index in out_indices:
-                taps[index] = x
+        # Inference: the chunkwise calls hand their large buffer from block to block
+        # (ops.retention.workspace); autograd keeps the default, one buffer per call.
+        shared = not (traced or torch.is_grad_enabled() or torch.compiler.is_compiling())
+        with reused_buffers() if shared else contextlib.nullcontext():
+            for index, block in enumerate(blocks):
+                if with_cp and not traced and x.requires_grad:
+                    x = checkpoint(block, x, ctx, use_reentrant=False)
+                else:
+                    x = block(x, ctx)
+                if index in out_indices:
+                    taps[index] = x
         return (x[:, -1:] if last_token_only else x), taps
 
     states = [None] * len(blocks)

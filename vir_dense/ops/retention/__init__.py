@@ -13,6 +13,7 @@ from .naive import retention_naive
 from .parallel import retention_parallel
 from .recurrent import RecurrentState, recurrent_step, retention_recurrent
 from .streaming import STREAM_MODES, StreamPiece, retention_stream, stream_pieces
+from .workspace import reused_buffers
 
 
 def retention(q, k, v, mask='causal_1d', mode='parallel', grid=None, cls_token=False,
@@ -58,4 +59,5 @@ __all__ = ['DEFAULT_CHUNK', 'MASKS', 'MODES', 'PAPER_DECAY_EXPONENTS', 'PARALLEL
            'check_memory_budget', 'check_mode', 'chunk_step', 'compute_dtype', 'decay_gammas',
            'decay_row_sums', 'make_layout', 'mask_spec', 'recurrent_step', 'resolve_mode',
            'retention', 'retention_chunkwise', 'retention_naive', 'retention_parallel',
-           'retention_recurrent', 'retention_stream', 'rows_per_chunk', 'stream_pieces']
+           'retention_recurrent', 'retention_stream', 'reused_buffers', 'rows_per_chunk',
+           'stream_pieces']

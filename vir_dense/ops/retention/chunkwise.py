@@ -52,6 +52,7 @@ from .decay import DEFAULT_CHUNK, TokenLayout, compute_dtype, decay_powers, make
     mask_spec
 from .decay_sum import BLOCK, DIRECT_MAX, DecaySum, of_heads
 from .parallel import parallel_decay_mask
+from .workspace import SCRATCH, active_workspace
 
 
 def rows_per_chunk(chunk_size, cols):
@@ -135,8 +136,10 @@ class TilePlan:
         row_major = base + (y % height) * width + x % width
         col_major = base + (x % width) * height + y % height
         self.gathers = [_Gather(row_major, self.cells)]
-        # [flipped]: zero for the values of empty cells in the intra-tile products
-        self.value_masks = [self.gathers[0].value_mask(flip, dtype) for flip in (0, 1)]
+        # [flipped]: zero for the values of empty cells in the intra-tile products, laid out
+        # as the tiles (Gy, Gx, R, T, 1)
+        self.value_masks = [self.gathers[0].value_mask(flip, dtype).view(
+            bands, tile_cols, height, width, 1) for flip in (0, 1)]
         cell = torch.arange(self.cells, device=gamma.device)
         tile_cells = height * width
         # Column family (other bands): per-column states carried down the bands, mixed
@@ -153,6 +156,17 @@ class TilePlan:
         if tile_cols > 1:
             self.rows = _Family(gamma, width, tile_cols, causal, dtype, height, BLOCK,
                                 self.gathers[0], cell // tile_cells % tile_cols, tile_cells)
+
+    def buffer_elements(self, batch, heads, dim, query_groups=1):
+        """Elements of the call's one reused buffer (`_Reuse.bmm`): the largest of the tile
+        scores (unless sliced) and the families' states."""
+        tiles = batch * heads * self.bands * self.tile_cols
+        needs = [tiles * (self.height * self.width) ** 2 if query_groups == 1 else 0]
+        if self.rows is not None:
+            needs.append(tiles * self.height * dim * dim)
+        if self.columns is not None:
+            needs.append(tiles * self.width * dim * dim)
+        return max(needs)
 
 
 class _Gather:
@@ -172,8 +186,8 @@ class _Gather:
         self.cells = [cells, num_cells - 1 - cells]
 
     def value_mask(self, flip, dtype):
-        """(N_p, 1) 1 for the cells that hold a token, 0 for empty ones."""
-        return self.valid[flip].to(dtype)[:, None]
+        """(N_p,) 1 for the cells that hold a token, 0 for empty ones."""
+        return self.valid[flip].to(dtype)
 
     def shifted(self, flip, offset, step_of_cell, steps):
         """(index, valid) of the cell one tile step back (offset > 0) or ahead; invalid where
@@ -274,9 +288,12 @@ class _Reuse:
     backward's first call passes them in the other order), else a stacked copy (2 d per
     cell more for the whole call)."""
 
-    def __init__(self, k, v):
+    def __init__(self, k, v, buffer_elements):
         self.eager = not torch.compiler.is_compiling()
         self.pair = self.queries = self.square = None
+        self.buffer_elements = buffer_elements
+        self.workspace = active_workspace() if self.eager else None
+        self.taken = {}
         first, step = _packed(k, v) if self.eager else (None, None)
         self.swapped = first is v
         if first is None:
@@ -285,17 +302,38 @@ class _Reuse:
             self.keys_values = first.as_strided((2,) + tuple(first.shape),
                                                 (step,) + first.stride())
 
-    def pair_of(self, index):
-        """(keys, values), each (B, h, N_p, d): gathered into cells, in one buffer."""
-        if self.eager and self.pair is not None:
-            torch.index_select(self.keys_values, 3, index, out=self.pair)
-        else:
+    def _flat(self, name, numel, like):
+        """A flat buffer of at least `numel` elements: the workspace's when there is one
+        (results are written into its start through `as_strided`)."""
+        if self.workspace is None:
+            return like.new_empty(numel)
+        self.taken[name] = self.workspace.take(name, numel, like.dtype, like.device)
+        return self.taken[name]
+
+    def pair_of(self, index, shape):
+        """(keys, values) gathered into cells, in one buffer, each viewed as `shape`."""
+        if not self.eager:
             self.pair = self.keys_values.index_select(3, index)
-        first, second = self.pair.unbind(0)
+        else:
+            if self.pair is None:
+                size = (2,) + tuple(self.keys_values.shape[1:3]) + (index.numel(),
+                                                                     self.keys_values.shape[4])
+                strides = [math.prod(size[i + 1:]) for i in range(len(size))]
+                self.pair = self._flat('pair', math.prod(size), self.keys_values).as_strided(
+                    size, strides)
+            torch.index_select(self.keys_values, 3, index, out=self.pair)
+        first, second = self.pair.view((2,) + tuple(shape)).unbind(0)
         return (second, first) if self.swapped else (first, second)
 
     def release(self):
+        """Drops the call's buffers but the output in cells (the workspace keeps them)."""
         self.keys_values = self.pair = self.queries = self.square = None
+
+    def finish(self):
+        """The output in cells has been read: every buffer goes back to the workspace."""
+        for name, buffer in self.taken.items():
+            self.workspace.give(name, buffer)
+        self.taken = {}
 
     def queries_of(self, q, index):
         if self.eager and self.queries is not None:
@@ -310,6 +348,13 @@ class _Reuse:
         out = buffer.as_strided((a.shape[0], rows, cols), (rows * cols, cols, 1))
         return torch.bmm(a, b, out=out)
 
+    def cells_out(self, a, b):
+        """a @ b for the output in cells: into a workspace buffer when there is one."""
+        if self.workspace is None:
+            return torch.bmm(a, b)
+        return self._bmm_into(self._flat('cells', a.shape[0] * a.shape[1] * b.shape[2], a),
+                              a, b)
+
     def read(self, a, b):
         """a @ b, (n, l, d) like the queries: into the pair buffer (free once the states are
         built)."""
@@ -318,15 +363,14 @@ class _Reuse:
         return self._bmm_into(self.pair, a, b)
 
     def bmm(self, a, b):
-        """a @ b into the states/scores buffer. It grows when a product needs more (R < T
-        makes the scores L = R T smaller than the row states d^2 / T and those smaller than
-        the column states d^2 / R): the old one is freed first, never held beside the new."""
-        if self.eager and self.square is not None and \
-                self.square.numel() >= a.shape[0] * a.shape[1] * b.shape[2]:
-            return self._bmm_into(self.square, a, b)
-        self.square = None
-        self.square = torch.bmm(a, b)
-        return self.square
+        """a @ b into the states/scores buffer, allocated once for the largest product of the
+        call (R < T makes the scores L = R T smaller than the row states d^2 / T and those
+        smaller than the column states d^2 / R) or taken from the workspace."""
+        if not self.eager:
+            return torch.bmm(a, b)
+        if self.square is None:
+            self.square = self._flat(SCRATCH, self.buffer_elements, a)
+        return self._bmm_into(self.square, a, b)
 
 
 def _tiled(q, k, v, plan, heads=slice(None), query_groups=1, flip=False):
@@ -338,14 +382,14 @@ def _tiled(q, k, v, plan, heads=slice(None), query_groups=1, flip=False):
     batch, num_heads, _, dim = q.shape
     tiles = (batch, num_heads, plan.bands, plan.tile_cols)
     side = int(flip)
-    reuse = _Reuse(k, v)
+    reuse = _Reuse(k, v, plan.buffer_elements(batch, num_heads, dim, query_groups))
     cells = plan.gathers[0]
     shape = tiles + (plan.height, plan.width, dim)
     queries = reuse.queries_of(q, cells.index[side]).view(shape)
-    keys, values = reuse.pair_of(cells.index[side])
+    keys, values = reuse.pair_of(cells.index[side], shape)
     values.mul_(plan.value_masks[side])  # empty cells add nothing
-    out = _intra_tiles(queries, keys.view(shape), values.view(shape),
-                       of_heads(plan.intra_mask, heads), query_groups, reuse)
+    out = _intra_tiles(queries, keys, values, of_heads(plan.intra_mask, heads), query_groups,
+                       reuse)
     del keys, values
     if plan.rows is not None:  # other tiles of the band
         _family(queries, plan.rows, heads, side, 3, reuse, out)
@@ -355,8 +399,10 @@ def _tiled(q, k, v, plan, heads=slice(None), query_groups=1, flip=False):
                 side, 2, reuse, out.transpose(4, 5))
     del queries
     reuse.release()  # before the token-order output is allocated
-    return _token_order(out.view(batch, num_heads, plan.cells, dim), cells.cells[side],
-                        reuse.eager)
+    tokens = _token_order(out.view(batch, num_heads, plan.cells, dim), cells.cells[side],
+                          reuse.eager)
+    reuse.finish()
+    return tokens
 
 
 def _packed(k, v):
@@ -409,7 +455,7 @@ def _intra_tiles(q, k, v, mask, query_groups, reuse):
         q, k, v = (t.view(-1, size, shape[-1]) for t in (q, k, v))
         scores = reuse.bmm(q, k.transpose(1, 2))
         scores.view(shape[0], shape[1], -1, size, size).mul_(mask)
-        return torch.bmm(scores, v).view(shape)
+        return reuse.cells_out(scores, v).view(shape)
     q, k, v = (t.view(shape[0], shape[1], -1, size, shape[-1]) for t in (q, k, v))
     out = torch.empty_like(q)
     step = -(-q.shape[2] // query_groups)
@@ -433,7 +479,7 @@ def _family(q, family, heads, flip, carry_axis, reuse, out):
         carried, mixed_groups = (first, second), first * second
     lines_of_q = q.reshape(-1, length, dim)  # the queries of each line, for both sides
     for side, carry in enumerate(family.carries):
-        ks, vs = reuse.pair_of(family.shifted[side][flip])
+        ks, vs = reuse.pair_of(family.shifted[side][flip], (batch, num_heads, -1, dim))
         ks.mul_(of_heads(family.key_weights[side][flip], heads))
         states = reuse.bmm(ks.view(-1, length, dim).transpose(1, 2),
                            vs.view(-1, length, dim))  # (lines, d, d) per tile

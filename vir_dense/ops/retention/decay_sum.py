@@ -21,9 +21,9 @@ per-head matrices are expanded once per (B, M, heads) and kept, so a call is a f
 causal sum is the solution of the bidiagonal system (I - gamma S) y = x (S shifts by one), one
 triangular solve that LAPACK does in place, i.e. the recurrence y_i = x_i + gamma y_(i-1); the
 anticausal sum is the transposed system; the symmetric one, gamma^|i-j| = P D P^T with P the
-causal sum and D = diag(1, 1 - gamma^2, ...), is an anticausal solve, a scaling and a causal
-solve. Compiled and exported graphs take the matmul form instead (same values; triangular solves
-have no ONNX translation).
+causal sum and D = diag(1, 1 - gamma^2, ...), is an anticausal solve and a causal solve whose
+matrix takes D in. Compiled and exported graphs take the matmul form instead (same values;
+triangular solves have no ONNX translation).
 """
 import torch
 import torch.nn.functional as F
@@ -91,26 +91,31 @@ class _Scans:
 
     def __init__(self, gamma, length, kind, dtype):
         self.kind = kind
-        system = _bidiagonal(gamma, length, dtype)
+        system = _bidiagonal(gamma, length, dtype)  # A
         # y^T A^T = x^T (causal) and y^T A = x^T (anticausal), solved on the transposed view
-        self.causal = _Batched(system.transpose(1, 2).contiguous())
-        self.anticausal = _Batched(system)
+        causal = system.transpose(1, 2)
         if kind == 'symmetric':
+            # gamma^|i-j| = P D P^T: the causal solve takes D in, A^T D^-1 for A^T (no pass
+            # of its own); D = diag(1, 1 - gamma^2, ...)
             scale = torch.full((gamma.shape[0], length), 1.0, dtype=torch.float64,
                                device=gamma.device)
             scale[:, 1:] = 1 - gamma.double()[:, None] ** 2
-            self.scale = scale.to(dtype)[None, :, None, :, None]  # (1, H, 1, L, 1)
+            causal = causal.double() / scale[:, None, :]
+        self.causal = _Batched(causal.to(dtype).contiguous())
+        self.anticausal = _Batched(system)
 
     def __call__(self, x, heads):
         """x: (B, h, M, L, K) contiguous, overwritten with its decay sum."""
+        if not x.is_contiguous():
+            raise ValueError('an in-place decay sum needs a contiguous tensor')
         batch, _, groups, length, width = x.shape
-        rows = x.view(-1, length, width).transpose(1, 2)  # (n, K, L): LAPACK's column-major
+        # (n, K, L): LAPACK's column-major, one view
+        rows = x.as_strided((x.numel() // (length * width), width, length),
+                            (length * width, 1, width))
         # LAPACK's threads pay here (2 threads: the 2048² call's solves 208 -> 128 ms)
         if self.kind != 'causal':
             torch.linalg.solve_triangular(self.anticausal(batch, groups, heads), rows,
                                           upper=False, left=False, out=rows)
-        if self.kind == 'symmetric':
-            x.mul_(of_heads(self.scale, heads))
         if self.kind != 'anticausal':
             torch.linalg.solve_triangular(self.causal(batch, groups, heads), rows,
                                           upper=True, left=False, out=rows)

@@ -1,0 +1,55 @@
+"""A workspace that eager chunkwise calls share while a model runs its blocks.
+
+Each tiled call writes its tile scores and then its states into one large buffer
+(chunkwise.py, `_Reuse`). Allocated afresh per call, that buffer costs more than its use on a
+CPU: glibc maps tensors over 32 MB straight from the kernel and unmaps them when they are
+freed, so every call faults in and zeroes its pages again (at 2048² about a third of the
+call's products). Inside `reused_buffers()` the buffer outlives the call and serves the next
+one, as a GPU caching allocator would; it is freed when the block leaves.
+
+Held between calls it adds nothing to a ViR block's peak: the block's MLP needs fewer token
+tensors than retention does, the buffer included.
+"""
+import contextlib
+import threading
+
+import torch
+
+_local = threading.local()
+SCRATCH = 'scratch'  # the largest: retention's scores and states, then a block's MLP hidden
+
+
+class Workspace:
+    """Flat buffers by (name, dtype, device), grown when a call needs more."""
+
+    def __init__(self):
+        self.buffers = {}
+
+    def take(self, name, numel, dtype, device):
+        """A flat tensor of at least `numel` elements, now the caller's until `give`."""
+        key = (name, dtype, device)
+        buffer = self.buffers.pop(key, None)
+        if buffer is None or buffer.numel() < numel:
+            buffer = None  # freed before the larger one is allocated
+            buffer = torch.empty(numel, dtype=dtype, device=device)
+        return buffer
+
+    def give(self, name, buffer):
+        self.buffers[(name, buffer.dtype, buffer.device)] = buffer
+
+
+def active_workspace():
+    """The workspace of the innermost `reused_buffers()` of this thread, or None."""
+    return getattr(_local, 'workspace', None)
+
+
+@contextlib.contextmanager
+def reused_buffers():
+    """Within it, eager chunkwise calls on this thread hand their largest buffer on to the
+    next call instead of freeing it; nested uses share the outer workspace."""
+    outer = active_workspace()
+    _local.workspace = outer or Workspace()
+    try:
+        yield _local.workspace
+    finally:
+        _local.workspace = outer
