@@ -169,6 +169,18 @@ class MultiHeadRetention(nn.Module):
         return q, k, v
 
     @torch.jit.unused
+    def _split_heads_into_workspace(self, x):
+        """_split_heads, the projection written into a workspace buffer where run_blocks
+        shares one (see _linear_into); also returns that buffer (or None)."""
+        bias = self.qkv.bias
+        if bias is not None:
+            bias = bias * self.qkv_row_scale
+        qkv, buffer = _linear_into('qkv', x, self.qkv.weight * self.qkv_weight_scale, bias)
+        qkv = qkv.reshape(x.shape[0], x.shape[1], 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        return q, k, v, buffer
+
+    @torch.jit.unused
     def _records(self, x) -> bool:
         return torch.is_grad_enabled() and not _is_traced(x)
 
@@ -280,19 +292,22 @@ class Block(nn.Module):
         writing once it exceeds glibc's mmap threshold (32 MB: a ViR-S token tensor from
         4096² on), and each one held raises the peak."""
         attn, mlp = self.retention, self.mlp
-        q, k, v = attn._split_heads(self.norm1(x))
+        q, k, v, projection = attn._split_heads_into_workspace(self.norm1(x))
         out = attn.retain(q, k, v, ctx)
         del q, k, v  # the projection, before proj allocates
+        _give_back('qkv', projection)
         x = attn._merge_heads(out).mul_(self.ls1.gamma).add_(x)  # = x + ls1(...)
         del out
-        hidden, scratch = _linear_into_scratch(mlp.fc1, self.norm2(x))
+        if type(mlp.fc1) is nn.Linear:
+            hidden, scratch = _linear_into(SCRATCH, self.norm2(x), mlp.fc1.weight, mlp.fc1.bias)
+        else:
+            hidden, scratch = mlp.fc1(self.norm2(x)), None
         if _is_gelu(mlp.act):
             torch.ops.aten.gelu_(hidden, approximate=mlp.act.approximate)
         else:
             hidden = mlp.act(hidden)
         out = mlp.fc2(mlp.norm(hidden)).mul_(self.ls2.gamma).add_(x)
-        if scratch is not None:
-            active_workspace().give(SCRATCH, scratch)
+        _give_back(SCRATCH, scratch)
         return out
 
     def forward_stream(self, x, state, piece):
@@ -300,22 +315,28 @@ class Block(nn.Module):
         return self._mlp_branch(x + self.drop_path1(self.ls1(out))), state
 
 
-def _linear_into_scratch(linear: nn.Linear, x):
-    """(linear(x), the buffer it was written into or None): into the retention workspace's
-    scratch buffer where run_blocks shares one (ops.retention.workspace). Idle between
-    retention calls and at least as large as the MLP's hidden tokens, it spares them fresh
-    pages and keeps them off the block's peak."""
+def _linear_into(name: str, x, weight, bias):
+    """(x W^T + b, the workspace buffer it was written into or None) where run_blocks shares
+    a retention workspace (ops.retention.workspace): a block's projections then reuse
+    buffers instead of faulting in fresh pages for each block. The qkv projection has its own
+    buffer; the MLP's hidden tokens go into the scratch buffer, idle between retention calls
+    and at least as large, which keeps them off the block's peak."""
     workspace = active_workspace()
-    if workspace is None or type(linear) is not nn.Linear:
-        return linear(x), None
-    rows = x.shape[:-1].numel()
-    scratch = workspace.take(SCRATCH, rows * linear.out_features, x.dtype, x.device)
-    out = scratch[:rows * linear.out_features].view(rows, linear.out_features)
-    if linear.bias is None:
-        torch.mm(x.reshape(rows, -1), linear.weight.t(), out=out)
+    if workspace is None:
+        return F.linear(x, weight, bias), None
+    rows, features = x.shape[:-1].numel(), weight.shape[0]
+    buffer = workspace.take(name, rows * features, x.dtype, x.device)
+    out = buffer.as_strided((rows, features), (features, 1))
+    if bias is None:
+        torch.mm(x.reshape(rows, -1), weight.t(), out=out)
     else:
-        torch.addmm(linear.bias, x.reshape(rows, -1), linear.weight.t(), out=out)
-    return out.view(x.shape[:-1] + (linear.out_features,)), scratch
+        torch.addmm(bias, x.reshape(rows, -1), weight.t(), out=out)
+    return out.view(x.shape[:-1] + (features,)), buffer
+
+
+def _give_back(name: str, buffer):
+    if buffer is not None:
+        active_workspace().give(name, buffer)
 
 
 def _is_gelu(act) -> bool:
