@@ -189,3 +189,21 @@ def test_shared_workspace_gives_the_same_values_and_is_reused():
         got = model.forward_features(image)
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
     assert active_workspace() is None
+
+
+def test_workspace_only_without_a_memory_budget_or_autograd():
+    """Buffers held from block to block would count against a memory budget, and autograd
+    keeps per-call buffers: run_blocks opens the workspace only in plain inference."""
+    import timm
+    from vir_dense.ops.retention.workspace import active_workspace
+    seen = []
+    for budget in (None, 2**30):
+        model = timm.create_model('vir_tiny_patch16_224', depth=1, img_size=64,
+                                  retention_mode='chunkwise', chunk_size=16,
+                                  retention_memory_budget=budget).eval()
+        model.blocks[0].register_forward_pre_hook(
+            lambda *args: seen.append(active_workspace() is not None))
+        with torch.no_grad():
+            model.forward_features(torch.randn(1, 3, 64, 64))
+        model.forward_features(torch.randn(1, 3, 64, 64))
+    assert seen == [True, False, False, False]

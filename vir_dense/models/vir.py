@@ -319,13 +319,15 @@ def _linear_into(name: str, x, weight, bias):
     """(x W^T + b, the workspace buffer it was written into or None) where run_blocks shares
     a retention workspace (ops.retention.workspace): a block's projections then reuse
     buffers instead of faulting in fresh pages for each block. The qkv projection has its own
-    buffer; the MLP's hidden tokens go into the scratch buffer, idle between retention calls
-    and at least as large, which keeps them off the block's peak."""
+    buffer; the MLP's hidden tokens go into the scratch buffer, idle between retention calls,
+    where it is large enough (it is for ViR's sizes), which keeps them off the block's peak."""
     workspace = active_workspace()
-    if workspace is None:
-        return F.linear(x, weight, bias), None
     rows, features = x.shape[:-1].numel(), weight.shape[0]
-    buffer = workspace.take(name, rows * features, x.dtype, x.device)
+    # the scratch buffer is retention's; grown here, it would be held through retention
+    buffer = None if workspace is None else workspace.take(
+        name, rows * features, x.dtype, x.device, grow=name != SCRATCH)
+    if buffer is None:
+        return F.linear(x, weight, bias), None
     out = buffer.as_strided((rows, features), (features, 1))
     if bias is None:
         torch.mm(x.reshape(rows, -1), weight.t(), out=out)
@@ -373,9 +375,11 @@ def run_blocks(blocks, x, ctx: RetentionContext, out_indices=(), with_cp=False,
     streaming = (not traced and mask_spec(ctx.mask).causal and not _has_hooks(blocks)
                  and (ctx.mode == 'recurrent' or (ctx.mode == 'chunkwise' and last_token_only)))
     if not streaming:
-        # Inference: the chunkwise calls hand their large buffer from block to block
-        # (ops.retention.workspace); autograd keeps the default, one buffer per call.
-        shared = not (traced or torch.is_grad_enabled() or torch.compiler.is_compiling())
+        # Inference: the chunkwise calls hand their large buffers from block to block
+        # (ops.retention.workspace); autograd keeps the default, buffers per call, and so
+        # does a memory budget (buffers held between calls would count against it).
+        shared = not (traced or torch.is_grad_enabled() or torch.compiler.is_compiling()
+                      or ctx.memory_budget is not None)
         with reused_buffers() if shared else contextlib.nullcontext():
             for index, block in enumerate(blocks):
                 if with_cp and not traced and x.requires_grad:

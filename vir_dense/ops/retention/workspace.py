@@ -25,9 +25,12 @@ class Workspace:
     def __init__(self):
         self.buffers = {}
 
-    def take(self, name, numel, dtype, device):
-        """A flat tensor of at least `numel` elements, now the caller's until `give`."""
+    def take(self, name, numel, dtype, device, grow=True):
+        """A flat tensor of at least `numel` elements, now the caller's until `give`; None
+        where the workspace holds no buffer that large and `grow` is False."""
         key = (name, dtype, device)
+        if not grow and (key not in self.buffers or self.buffers[key].numel() < numel):
+            return None
         buffer = self.buffers.pop(key, None)
         if buffer is None or buffer.numel() < numel:
             buffer = None  # freed before the larger one is allocated
