@@ -17,9 +17,10 @@ tile (band b, tile column t) at in-tile row r, column c reads three disjoint set
   tile column) and read with gamma^(r+1).
 Each side of a family gathers its keys and values one tile step away, so its carry is a
 non-strict decay sum; carries and mixes then run in place on the one state tensor
-(`DecaySum.inplace`). No loop depends on the image: the ops per call do not grow with it (138
-to 140: writing into a reused buffer is two ops, a fresh product one). Gathers, states and
-scores are written into a few buffers reused phase after phase (`_Reuse`).
+(`DecaySum.inplace`). No loop depends on the image: the ops per call do not grow with it
+(about 135; writing into a reused buffer is two ops, a fresh product one). Gathers, states and
+scores are written into a few buffers reused phase after phase (`_Reuse`), and in inference
+handed on to the next call (workspace.py).
 
 Cost per token and head (d head dim, L = R T): intra-tile 4 L d FLOPs, each side of each family
 about 4 d^2 (build and read) plus its carry and mix, ~190k FLOPs at d = 64 on every grid from
@@ -31,8 +32,8 @@ batch, H heads, N_p padded cells, d head dim, L = R T, split into g head groups 
 slices:
     B H N_p ((4 d + max(L / s, d^2 / T, d^2 / R (1 + 2 sides / T))) / g  +  d [if g > 1])
 held through the call are the queries, keys and values gathered into cells and the output in
-cells (4 d); beside them one buffer holds in turn the tile scores and the two families' states,
-and only grows; the column family's mix across the width (blocked per tile column) adds two
+cells (4 d); beside them one buffer, sized for the largest, holds in turn the tile scores and
+the two families' states; the column family's mix across the width (blocked per tile column) adds two
 summaries per tile column and side (`transient_elements` has every case). k and v that are
 not slices of one tensor (the model's are: one projection) are stacked first, 2 d more.
 `memory_budget` (bytes) picks the fewest slices that fit (same result, more ops): each head
@@ -209,7 +210,7 @@ def transient_elements(batch, heads, rows, cols, dim, chunk_size, causal, head_g
     cells (4 d; 2 d more for k and v stacked when they are not `packed`, i.e. slices of one
     tensor). Beside them one buffer (`_Reuse`) holds in turn the tile scores (L; with s > 1
     slices each slice's L / s scores and d / s output are fresh instead), the row family's
-    states (d^2 / T) and the column family's (d^2 / R), growing as needed; a blocked decay
+    states (d^2 / T) and the column family's (d^2 / R), sized for the largest; a blocked decay
     sum over a family's states holds two summaries per block and side next to them."""
     bands, height, tile_cols, width = tile_shape(chunk_size, rows, cols)
     cells = bands * height * tile_cols * width
@@ -281,7 +282,9 @@ class _Reuse:
     allocated once and later results are written into it (`out=`): on a CPU a fresh large
     tensor costs about ten times its writing (the kernel maps and zeroes its pages on first
     touch, and unmaps them when it is freed), measured as ~35% of a call at 2048² and 4096².
-    Compiled and exported graphs take the functional ops (same values).
+    Compiled and exported graphs take the functional ops (same values). Inside
+    `reused_buffers()` (workspace.py) the states/scores buffer, the gathered keys and values
+    and the output in cells come from the workspace and go back to it when the call ends.
 
     Keys and values sit side by side so that one gather serves both: a view where k and v
     are slices of one storage a fixed offset apart (the model's: one projection; the
