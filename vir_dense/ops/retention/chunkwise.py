@@ -33,9 +33,10 @@ slices:
     B H N_p ((4 d + max(L / s, d^2 / T, d^2 / R (1 + 2 sides / T))) / g  +  d [if g > 1])
 held through the call are the queries, keys and values gathered into cells and the output in
 cells (4 d); beside them one buffer, sized for the largest, holds in turn the tile scores and
-the two families' states; the column family's mix across the width (blocked per tile column) adds two
-summaries per tile column and side (`transient_elements` has every case). k and v that are
-not slices of one tensor (the model's are: one projection) are stacked first, 2 d more.
+the two families' states; the column family's mix across the width (blocked per tile column)
+adds two summaries per tile column and side (`transient_elements` has every case). k and v
+that are not slices of one tensor (the model's are: one projection) are stacked first, 2 d
+more.
 `memory_budget` (bytes) picks the fewest slices that fit (same result, more ops): each head
 group is a whole call on its heads, written into one output.
 
