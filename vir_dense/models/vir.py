@@ -156,15 +156,23 @@ class MultiHeadRetention(nn.Module):
 
     def _split_heads(self, x) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q (scaled), k, v as (B, H, N, d) views of one projection."""
-        batch, tokens = x.shape[0], x.shape[1]
         if not torch.jit.is_scripting() and self._records(x):
             qkv = self._recorded_qkv(x)
         else:
-            bias = self.qkv.bias
-            if bias is not None:
-                bias = bias * self.qkv_row_scale
-            qkv = F.linear(x, self.qkv.weight * self.qkv_weight_scale, bias)
-        qkv = qkv.reshape(batch, tokens, 3, self.num_heads, self.head_dim)
+            weight, bias = self._scaled_qkv()
+            qkv = F.linear(x, weight, bias)
+        return self._heads_of(qkv)
+
+    def _scaled_qkv(self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The qkv weight and bias with q's 1/sqrt(d) applied to its rows."""
+        bias = self.qkv.bias
+        if bias is not None:
+            bias = bias * self.qkv_row_scale
+        return self.qkv.weight * self.qkv_weight_scale, bias
+
+    def _heads_of(self, qkv) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, N, 3 D) projection -> q, k, v as (B, H, N, d) views of it."""
+        qkv = qkv.reshape(qkv.shape[0], qkv.shape[1], 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         return q, k, v
 
@@ -172,13 +180,8 @@ class MultiHeadRetention(nn.Module):
     def _split_heads_into_workspace(self, x):
         """_split_heads, the projection written into a workspace buffer where run_blocks
         shares one (see _linear_into); also returns that buffer (or None)."""
-        bias = self.qkv.bias
-        if bias is not None:
-            bias = bias * self.qkv_row_scale
-        qkv, buffer = _linear_into('qkv', x, self.qkv.weight * self.qkv_weight_scale, bias)
-        qkv = qkv.reshape(x.shape[0], x.shape[1], 3, self.num_heads, self.head_dim)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        return q, k, v, buffer
+        qkv, buffer = _linear_into('qkv', x, *self._scaled_qkv())
+        return self._heads_of(qkv) + (buffer,)
 
     @torch.jit.unused
     def _records(self, x) -> bool:

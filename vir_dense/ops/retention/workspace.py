@@ -1,14 +1,16 @@
-"""A workspace that eager chunkwise calls share while a model runs its blocks.
+"""A workspace that eager chunkwise calls and ViR blocks share while a model runs its blocks.
 
-Each tiled call writes its tile scores and then its states into one large buffer
-(chunkwise.py, `_Reuse`). Allocated afresh per call, that buffer costs more than its use on a
-CPU: glibc maps tensors over 32 MB straight from the kernel and unmaps them when they are
-freed, so every call faults in and zeroes its pages again (at 2048² about a third of the
-call's products). Inside `reused_buffers()` the buffer outlives the call and serves the next
-one, as a GPU caching allocator would; it is freed when the block leaves.
+Each tiled call writes its tile scores and then its states into one large buffer, gathers keys
+and values into another and sums its output in cells in a third (chunkwise.py, `_Reuse`); a
+ViR block in inference writes its qkv projection and its MLP's hidden tokens into fresh
+tensors too. Allocated afresh each time, such tensors cost more than their use on a CPU:
+glibc maps tensors over 32 MB straight from the kernel and unmaps them when they are freed,
+so every call faults in and zeroes its pages again (at 2048² about a third of the call's
+products). Inside `reused_buffers()` these buffers outlive the call and serve the next one,
+as a GPU caching allocator would; they are freed when the blocks are done.
 
-Held between calls it adds nothing to a ViR block's peak: the block's MLP needs fewer token
-tensors than retention does, the buffer included.
+Held between calls they add nothing to a ViR block's peak: the block's MLP, whose hidden
+tokens reuse the scores/states buffer, needs fewer token tensors than retention does.
 """
 import contextlib
 import threading
@@ -48,8 +50,9 @@ def active_workspace():
 
 @contextlib.contextmanager
 def reused_buffers():
-    """Within it, eager chunkwise calls on this thread hand their largest buffer on to the
-    next call instead of freeing it; nested uses share the outer workspace."""
+    """Within it, eager chunkwise calls and in-place ViR blocks on this thread hand their
+    large buffers on to the next call instead of freeing them; nested uses share the outer
+    workspace."""
     outer = active_workspace()
     _local.workspace = outer or Workspace()
     try:
