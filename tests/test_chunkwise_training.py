@@ -170,12 +170,14 @@ def test_shared_workspace_gives_the_same_values_and_is_reused():
     alone = [retention_chunkwise(*qkv, gamma, 'bidirectional_2d', grid, True, 16)
              for grid, qkv in calls]
     key = (SCRATCH, torch.float32, torch.device('cpu'))
-    scratch = []
+    scratch, results = [], []
     with torch.no_grad(), reused_buffers() as workspace:
         for (grid, qkv), expected in zip(calls, alone):
-            got = retention_chunkwise(*qkv, gamma, 'bidirectional_2d', grid, True, 16)
-            torch.testing.assert_close(got, expected, rtol=0, atol=0)
+            results.append(retention_chunkwise(*qkv, gamma, 'bidirectional_2d', grid, True, 16))
             scratch.append(workspace.buffers[key])
+    # each result is lent, never handed back here: no later call wrote into it
+    for got, expected in zip(results, alone):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
     # grown for the larger grid, then kept for the smaller one
     assert scratch[1].numel() > scratch[0].numel() and scratch[2] is scratch[1]
     assert active_workspace() is None
@@ -193,6 +195,42 @@ def test_shared_workspace_gives_the_same_values_and_is_reused():
         got = model.forward_features(image)
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
     assert active_workspace() is None
+
+    # Blocks hand their outputs on in two buffers; one that is tapped, or that a hook on its
+    # block may have kept, is never written again.
+    final, taps = model.forward_intermediates(image, indices=[0, 1], output_fmt='NLC')
+    kept = []
+    for block in model.blocks:
+        block.register_forward_hook(lambda module, args, out: kept.append(out))
+    model.forward_features(image)
+    kept, grad_kept = [], kept
+    with torch.no_grad():
+        got_final, got_taps = model.forward_intermediates(image, indices=[0, 1],
+                                                          output_fmt='NLC')
+        model.forward_features(image)
+    for got, want in zip([got_final] + got_taps + kept, [final] + taps + grad_kept):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_workspace_views_are_kept_while_their_buffer_lives():
+    """A view of a workspace buffer is made once (each view is a dispatched op) and dropped
+    with its buffer (it would keep the buffer's memory)."""
+    from vir_dense.ops.retention.workspace import Workspace
+    workspace = Workspace()
+    buffer = workspace.take('a', 12, torch.float32, 'cpu')
+    view = workspace.strided(buffer, (3, 4), (4, 1))
+    assert workspace.strided(buffer, (3, 4), (4, 1)) is view
+    assert workspace.strided(buffer, (2, 4), (4, 1), 4) is not view
+    workspace.give('a', buffer)
+    assert workspace.take('a', 8, torch.float32, 'cpu') is buffer  # large enough: kept
+    workspace.give('a', buffer)
+    grown = workspace.take('a', 24, torch.float32, 'cpu')
+    assert grown is not buffer and not workspace.views
+    workspace.lend('a', grown)
+    workspace.hand_back('a', torch.zeros(3))  # not a lent result: nothing happens
+    assert workspace.lent['a'] == [grown]
+    workspace.hand_back('a', workspace.strided(grown, (2, 3), (3, 1)))
+    assert not workspace.lent['a'] and workspace.take('a', 24, torch.float32, 'cpu') is grown
 
 
 def test_workspace_only_without_a_memory_budget_or_autograd():

@@ -16,6 +16,7 @@ around them uses plain types, so it scripts and traces like timm's ViT. docs/tim
 a scripted or traced ViR does and does not do.
 """
 import contextlib
+import math
 import warnings
 from functools import partial
 from typing import Dict, NamedTuple, Optional, Tuple
@@ -40,7 +41,8 @@ from vir_dense.ops.retention import (DEFAULT_CHUNK, PAPER_DECAY_EXPONENTS,
                                      check_memory_budget, check_mode, compute_dtype,
                                      decay_gammas, mask_spec, resolve_mode, retention,
                                      retention_stream, reused_buffers, stream_pieces)
-from vir_dense.ops.retention.workspace import SCRATCH, active_workspace
+from vir_dense.ops.retention.workspace import (PROJECTIONS, SCRATCH, STREAM, TOKENS,
+                                               active_workspace)
 
 from .archs import VARIANTS, variant_kwargs
 from .convert import convert_to_vir
@@ -180,7 +182,7 @@ class MultiHeadRetention(nn.Module):
     def _split_heads_into_workspace(self, x):
         """_split_heads, the projection written into a workspace buffer where run_blocks
         shares one (see _linear_into); also returns that buffer (or None)."""
-        qkv, buffer = _linear_into('qkv', x, *self._scaled_qkv())
+        qkv, buffer = _linear_into(PROJECTIONS, x, *self._scaled_qkv())
         return self._heads_of(qkv) + (buffer,)
 
     @torch.jit.unused
@@ -281,37 +283,49 @@ class Block(nn.Module):
     def _in_place(self, x) -> bool:
         """Inference in eval mode, eagerly (not under torch.fx or torch.compile), without
         autocast (a low-precision branch would round the residual stream when added in
-        place), while no hook waits on a module that the in-place forward does not call."""
+        place), with plain nn.Linear projections (it calls their weights), while no hook
+        waits on a module that the in-place forward does not call."""
+        attn, mlp = self.retention, self.mlp
         return not (self.training or torch.is_grad_enabled() or _is_traced(x)
                     or torch.compiler.is_compiling() or torch.is_autocast_enabled(x.device.type)
-                    or _has_hooks((self.retention, self.ls1, self.ls2, self.mlp, self.mlp.fc1,
-                                   self.mlp.act)))
+                    or any(type(linear) is not nn.Linear for linear in (attn.proj, mlp.fc1,
+                                                                        mlp.fc2))
+                    or _has_hooks((attn, attn.proj, self.ls1, self.ls2, mlp, mlp.fc1, mlp.act,
+                                   mlp.fc2)))
 
     @torch.jit.unused
     def _forward_in_place(self, x, ctx: RetentionContext):
         """forward without autograd: the same values, with the LayerScales, the residual
-        additions and GELU written into tensors the block has just made, and the normalized
-        tokens freed before retention runs. On a CPU a fresh tensor costs about ten times its
+        additions and GELU written into tensors the block has just made, the normalized
+        tokens freed before retention runs, and the projections written into the buffers
+        run_blocks shares (`_linear_into`). On a CPU a fresh tensor costs about ten times its
         writing once it exceeds glibc's mmap threshold (32 MB: a ViR-S token tensor from
-        4096² on), and each one held raises the peak."""
+        4096² on), smaller ones leave resident holes in the heap, and each one held raises
+        the peak. The block's output is its only new token tensor that outlives it."""
         attn, mlp = self.retention, self.mlp
-        q, k, v, projection = attn._split_heads_into_workspace(self.norm1(x))
+        q, k, v, projections = attn._split_heads_into_workspace(self.norm1(x))
         out = attn.retain(q, k, v, ctx)
-        del q, k, v  # the projection, before proj allocates
-        _give_back('qkv', projection)
-        x = attn._merge_heads(out).mul_(self.ls1.gamma).add_(x)  # = x + ls1(...)
-        del out
-        if type(mlp.fc1) is nn.Linear:
-            hidden, scratch = _linear_into(SCRATCH, self.norm2(x), mlp.fc1.weight, mlp.fc1.bias)
-        else:
-            hidden, scratch = mlp.fc1(self.norm2(x)), None
+        del q, k, v  # the qkv projection is read: its buffer takes proj's output
+        _give_back(PROJECTIONS, projections)
+        merged = out.transpose(1, 2).reshape(out.shape[0], out.shape[2], -1)  # a view
+        branch, projections = _linear_into(PROJECTIONS, merged, attn.proj.weight, attn.proj.bias)
+        _hand_back(TOKENS, out)  # retention's output (lent by a workspace) is read
+        del out, merged
+        x = _residual_into_stream(branch.mul_(self.ls1.gamma), x)  # = x + ls1(...)
+        del branch
+        _give_back(PROJECTIONS, projections)
+        hidden, scratch = _linear_into(SCRATCH, self.norm2(x), mlp.fc1.weight, mlp.fc1.bias)
         if _is_gelu(mlp.act):
             torch.ops.aten.gelu_(hidden, approximate=mlp.act.approximate)
         else:
             hidden = mlp.act(hidden)
-        out = mlp.fc2(mlp.norm(hidden)).mul_(self.ls2.gamma).add_(x)
+        branch, projections = _linear_into(PROJECTIONS, mlp.norm(hidden), mlp.fc2.weight,
+                                           mlp.fc2.bias)
+        del hidden
         _give_back(SCRATCH, scratch)
-        return out
+        x.add_(branch.mul_(self.ls2.gamma))
+        _give_back(PROJECTIONS, projections)
+        return x
 
     def forward_stream(self, x, state, piece):
         out, state = self.retention.forward_stream(self.norm1(x), state, piece)
@@ -321,9 +335,10 @@ class Block(nn.Module):
 def _linear_into(name: str, x, weight, bias):
     """(x W^T + b, the workspace buffer it was written into or None) where run_blocks shares
     a retention workspace (ops.retention.workspace): a block's projections then reuse
-    buffers instead of faulting in fresh pages for each block. The qkv projection has its own
-    buffer; the MLP's hidden tokens go into the scratch buffer, idle between retention calls,
-    where it is large enough (it is for ViR's sizes), which keeps them off the block's peak."""
+    buffers instead of faulting in fresh pages for each block. qkv, proj and fc2 take the
+    PROJECTIONS buffer in turn; the MLP's hidden tokens go into the scratch buffer, idle
+    between retention calls, where it is large enough (it is for ViR's sizes), which keeps
+    them off the block's peak."""
     workspace = active_workspace()
     rows, features = x.shape[:-1].numel(), weight.shape[0]
     # the scratch buffer is retention's; grown here, it would be held through retention
@@ -331,17 +346,38 @@ def _linear_into(name: str, x, weight, bias):
         name, rows * features, x.dtype, x.device, grow=name != SCRATCH)
     if buffer is None:
         return F.linear(x, weight, bias), None
-    out = buffer.as_strided((rows, features), (features, 1))
+    out = workspace.strided(buffer, (rows, features), (features, 1))
     if bias is None:
         torch.mm(x.reshape(rows, -1), weight.t(), out=out)
     else:
         torch.addmm(bias, x.reshape(rows, -1), weight.t(), out=out)
-    return out.view(x.shape[:-1] + (features,)), buffer
+    size = tuple(x.shape[:-1]) + (features,)
+    return workspace.strided(buffer, size, [math.prod(size[i + 1:]) for i in range(len(size))]), \
+        buffer
 
 
 def _give_back(name: str, buffer):
     if buffer is not None:
         active_workspace().give(name, buffer)
+
+
+def _hand_back(name: str, result=None):
+    """A result lent from the workspace (if any) has been read."""
+    workspace = active_workspace()
+    if workspace is not None:
+        workspace.hand_back(name, result)
+
+
+def _residual_into_stream(branch, x):
+    """branch + x, the block's output: in a STREAM buffer lent to run_blocks where it shares
+    a workspace (which hands it back once no one can read it), else a new tensor."""
+    workspace = active_workspace()
+    if workspace is None:
+        return torch.add(branch, x)
+    buffer = workspace.take(STREAM, x.numel(), x.dtype, x.device)
+    workspace.lend(STREAM, buffer)
+    out = workspace.strided(buffer, tuple(x.shape), [x.shape[1:].numel(), x.shape[2], 1])
+    return torch.add(branch, x, out=out)
 
 
 def _is_gelu(act) -> bool:
@@ -388,7 +424,13 @@ def run_blocks(blocks, x, ctx: RetentionContext, out_indices=(), with_cp=False,
                 if with_cp and not traced and x.requires_grad:
                     x = checkpoint(block, x, ctx, use_reentrant=False)
                 else:
-                    x = block(x, ctx)
+                    out = block(x, ctx)
+                    # a block's output that only the next block read (no tap, no hook of
+                    # its block kept it) goes back to the workspace it was lent from
+                    if shared and index > 0 and index - 1 not in out_indices and \
+                            not _has_hooks((blocks[index - 1],)):
+                        _hand_back(STREAM, x)
+                    x = out
                 if index in out_indices:
                     taps[index] = x
         return (x[:, -1:] if last_token_only else x), taps
@@ -534,10 +576,23 @@ class ViRTrunk(nn.Module):
         """Image (B, C, H, W) -> tokens (B, rows*cols [+ 1], D), class token last; and the grid."""
         x = self.patch_embed(x)
         grid = (x.shape[1], x.shape[2])  # indexed, not tuple(x.shape[1:3]): traceable
-        x = x.flatten(1, 2) + self.position_embedding(grid)
-        if with_cls_token:
-            x = torch.cat([x, self.cls_token.expand(x.shape[0], -1, -1)], dim=1)
+        if not with_cls_token:
+            x = x.flatten(1, 2) + self.position_embedding(grid)
+        elif not torch.jit.is_scripting() and self._embeds_in_place(x):
+            # one token tensor made, not two (on a CPU the first one's hole would stay in the
+            # allocator's heap)
+            x = torch.cat([x.flatten(1, 2), self.cls_token.expand(x.shape[0], -1, -1)], dim=1)
+            x[:, :-1].add_(self.position_embedding(grid))
+        else:
+            x = torch.cat([x.flatten(1, 2) + self.position_embedding(grid),
+                           self.cls_token.expand(x.shape[0], -1, -1)], dim=1)
         return self.pos_drop(x), grid
+
+    @torch.jit.unused
+    def _embeds_in_place(self, x) -> bool:
+        """Inference, eagerly: a graph (torch.fx, whose feature extractors drop in-place ops
+        that nothing reads, or torch.compile) and autograd take the functional form."""
+        return not (torch.is_grad_enabled() or _is_traced(x) or torch.compiler.is_compiling())
 
     def context(self, grid: Tuple[int, int], with_cls_token: bool = True) -> RetentionContext:
         return RetentionContext(self.mask_name, self.retention_mode, grid, with_cls_token,

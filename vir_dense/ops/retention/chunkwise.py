@@ -54,7 +54,7 @@ from .decay import DEFAULT_CHUNK, TokenLayout, compute_dtype, decay_powers, make
     mask_spec
 from .decay_sum import BLOCK, DIRECT_MAX, DecaySum, of_heads
 from .parallel import parallel_decay_mask
-from .workspace import SCRATCH, active_workspace
+from .workspace import SCRATCH, TOKENS, active_workspace
 
 
 def rows_per_chunk(chunk_size, cols):
@@ -308,11 +308,17 @@ class _Reuse:
 
     def _flat(self, name, numel, like):
         """A flat buffer of at least `numel` elements: the workspace's when there is one
-        (results are written into its start through `as_strided`)."""
+        (results are written into it through `_strided` views)."""
         if self.workspace is None:
             return like.new_empty(numel)
         self.taken[name] = self.workspace.take(name, numel, like.dtype, like.device)
         return self.taken[name]
+
+    def _strided(self, buffer, size, stride, offset=0):
+        """A view of a flat buffer; the workspace keeps its views for the next call."""
+        if self.workspace is None:
+            return buffer.as_strided(size, stride, offset)
+        return self.workspace.strided(buffer, size, stride, offset)
 
     def pair_of(self, index, shape):
         """(keys, values) gathered into cells, in one buffer, each viewed as `shape`."""
@@ -323,8 +329,8 @@ class _Reuse:
                 size = (2,) + tuple(self.keys_values.shape[1:3]) + (index.numel(),
                                                                      self.keys_values.shape[4])
                 strides = [math.prod(size[i + 1:]) for i in range(len(size))]
-                self.pair = self._flat('pair', math.prod(size), self.keys_values).as_strided(
-                    size, strides)
+                self.pair = self._strided(self._flat('pair', math.prod(size), self.keys_values),
+                                          size, strides)
             torch.index_select(self.keys_values, 3, index, out=self.pair)
         first, second = self.pair.view((2,) + tuple(shape)).unbind(0)
         return (second, first) if self.swapped else (first, second)
@@ -339,25 +345,56 @@ class _Reuse:
             self.workspace.give(name, buffer)
         self.taken = {}
 
+    def _cells(self, numel, like):
+        """The workspace's TOKENS buffer: two halves of `numel` (one tensor over glibc's mmap
+        threshold rather than two under it, which would stay in its heap): the queries
+        gathered into cells, then the output in token order; the output in cells."""
+        if TOKENS not in self.taken:
+            self._flat(TOKENS, 2 * numel, like)
+        return self.taken[TOKENS]
+
     def queries_of(self, q, index):
+        """q gathered into cells; in the workspace's TOKENS buffer where there is one."""
+        if self.eager and self.queries is None and self.workspace is not None:
+            size = tuple(q.shape[:2]) + (index.numel(), q.shape[3])
+            self.queries = self._strided(self._cells(math.prod(size), q), size,
+                                         [math.prod(size[i + 1:]) for i in range(4)])
         if self.eager and self.queries is not None:
             return torch.index_select(q, 2, index, out=self.queries)
         self.queries = q.index_select(2, index)
         return self.queries
 
-    @staticmethod
-    def _bmm_into(buffer, a, b):
-        """a @ b written into the start of `buffer`, viewed as the (n, rows, cols) result."""
+    def token_order(self, out, index):
+        """(B, h, N_p, d) cells -> (B, h, N, d) tokens, laid out as (B, N, h, d) in memory so
+        that merging the heads afterwards is a view rather than a copy. In a workspace the
+        result goes into the queries' TOKENS buffer (the queries are read by then), lent to
+        the caller (`Workspace.hand_back`)."""
+        if not self.eager:
+            return out.index_select(2, index)
+        batch, heads, _, dim = out.shape
+        tokens = index.numel()
+        if TOKENS not in self.taken:
+            fresh = out.new_empty(batch, tokens, heads, dim).transpose(1, 2)
+            return torch.index_select(out, 2, index, out=fresh)
+        buffer = self.taken.pop(TOKENS)
+        self.workspace.lend(TOKENS, buffer)
+        result = self._strided(buffer, (batch, heads, tokens, dim),
+                               (tokens * heads * dim, dim, heads * dim, 1))
+        return torch.index_select(out, 2, index, out=result)
+
+    def _bmm_into(self, buffer, a, b, offset=0):
+        """a @ b written into `buffer` from `offset`, viewed as the (n, rows, cols) result."""
         rows, cols = a.shape[1], b.shape[2]
-        out = buffer.as_strided((a.shape[0], rows, cols), (rows * cols, cols, 1))
+        out = self._strided(buffer, (a.shape[0], rows, cols), (rows * cols, cols, 1), offset)
         return torch.bmm(a, b, out=out)
 
     def cells_out(self, a, b):
-        """a @ b for the output in cells: into a workspace buffer when there is one."""
+        """a @ b for the output in cells: into the second half of the TOKENS buffer when a
+        workspace is open."""
         if self.workspace is None:
             return torch.bmm(a, b)
-        return self._bmm_into(self._flat('cells', a.shape[0] * a.shape[1] * b.shape[2], a),
-                              a, b)
+        numel = a.shape[0] * a.shape[1] * b.shape[2]
+        return self._bmm_into(self._cells(numel, a), a, b, numel)
 
     def read(self, a, b):
         """a @ b, (n, l, d) like the queries: into the pair buffer (free once the states are
@@ -403,8 +440,7 @@ def _tiled(q, k, v, plan, heads=slice(None), query_groups=1, flip=False):
                 side, 2, reuse, out.transpose(4, 5))
     del queries
     reuse.release()  # before the token-order output is allocated
-    tokens = _token_order(out.view(batch, num_heads, plan.cells, dim), cells.cells[side],
-                          reuse.eager)
+    tokens = reuse.token_order(out.view(batch, num_heads, plan.cells, dim), cells.cells[side])
     reuse.finish()
     return tokens
 
@@ -427,22 +463,12 @@ def _is_packed(k, v):
     return not torch.compiler.is_compiling() and _packed(k, v)[0] is not None
 
 
-def _token_order(out, index, eager):
-    """(B, h, N_p, d) cells -> (B, h, N, d) tokens, laid out as (B, N, h, d) in memory so that
-    merging the heads afterwards is a view rather than a copy."""
-    if not eager:
-        return out.index_select(2, index)
-    batch, heads, _, dim = out.shape
-    tokens = out.new_empty(batch, index.numel(), heads, dim).transpose(1, 2)
-    return torch.index_select(out, 2, index, out=tokens)
-
-
 def _in_head_groups(q, k, v, plan, head_groups=1, query_groups=1, flip=False):
     """`_tiled` on all heads at once, or group by group into one output (memory_budget)."""
     if head_groups == 1:
         return _tiled(q, k, v, plan, slice(None), query_groups, flip)
     batch, heads, tokens, dim = q.shape
-    out = q.new_empty(batch, tokens, heads, dim).transpose(1, 2)  # as _token_order's
+    out = q.new_empty(batch, tokens, heads, dim).transpose(1, 2)  # as token_order's
     step = heads // head_groups
     for start in range(0, heads, step):
         group = slice(start, start + step)

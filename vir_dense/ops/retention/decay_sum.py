@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from .decay import decay_powers
+from .workspace import SUMMARIES, active_workspace
 
 KINDS = ('causal', 'anticausal', 'symmetric', 'causal_strict', 'anticausal_strict')
 DIRECT_MAX = 64  # axes up to this length (by default): one Toeplitz matmul or solve
@@ -202,11 +203,26 @@ class DecaySum:
         batch, num_heads, groups, length, width = x.shape
         blocks = groups * self.blocks
         cells = x.view(-1, self.block, width)
-        summaries = torch.bmm(self.gather(batch, blocks, heads), cells)
+        workspace = active_workspace()
+        gather, carry = self.gather(batch, blocks, heads), self.carry(batch, groups, heads)
+        if workspace is None:
+            summaries = torch.bmm(gather, cells)
+        else:  # both products in one buffer: summaries, then their carries
+            numel = cells.shape[0] * self.sides * width
+            buffer = workspace.take(SUMMARIES, 2 * numel, x.dtype, x.device)
+            summaries = torch.bmm(gather, cells, out=workspace.strided(
+                buffer, (cells.shape[0], self.sides, width), (self.sides * width, width, 1)))
         self.scans(x.view(batch, num_heads, blocks, self.block, width), heads)  # inside
-        carried = torch.bmm(self.carry(batch, groups, heads),
-                            summaries.view(-1, self.blocks * self.sides, width))
+        rows = self.blocks * self.sides
+        if workspace is None:
+            carried = torch.bmm(carry, summaries.view(-1, rows, width))
+        else:
+            shape, stride = (numel // (rows * width), rows, width), (rows * width, width, 1)
+            carried = torch.bmm(carry, workspace.strided(buffer, shape, stride),
+                                out=workspace.strided(buffer, shape, stride, numel))
         cells.baddbmm_(self.spread(batch, blocks, heads), carried.view(-1, self.sides, width))
+        if workspace is not None:
+            workspace.give(SUMMARIES, buffer)
         return x
 
 
