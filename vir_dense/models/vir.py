@@ -370,7 +370,8 @@ def _hand_back(name: str, result=None):
 
 def _residual_into_stream(branch, x):
     """branch + x, the block's output: in a STREAM buffer lent to run_blocks where it shares
-    a workspace (which hands it back once no one can read it), else a new tensor."""
+    a workspace, else a new tensor. run_blocks hands a block's input back when no one else
+    can read it: the output then overwrites the input, element by element."""
     workspace = active_workspace()
     if workspace is None:
         return torch.add(branch, x)
@@ -424,13 +425,13 @@ def run_blocks(blocks, x, ctx: RetentionContext, out_indices=(), with_cp=False,
                 if with_cp and not traced and x.requires_grad:
                     x = checkpoint(block, x, ctx, use_reentrant=False)
                 else:
-                    out = block(x, ctx)
-                    # a block's output that only the next block read (no tap, no hook of
-                    # its block kept it) goes back to the workspace it was lent from
+                    # tokens that only this block will read (no tap, no hook of the block
+                    # that made them kept them) go back to the workspace they were lent
+                    # from: the block writes its output over them once it has read them
                     if shared and index > 0 and index - 1 not in out_indices and \
                             not _has_hooks((blocks[index - 1],)):
                         _hand_back(STREAM, x)
-                    x = out
+                    x = block(x, ctx)
                 if index in out_indices:
                     taps[index] = x
         return (x[:, -1:] if last_token_only else x), taps

@@ -294,7 +294,7 @@ class _Reuse:
 
     def __init__(self, k, v, buffer_elements):
         self.eager = not torch.compiler.is_compiling()
-        self.pair = self.queries = self.square = None
+        self.pair = self.queries = self.square = self.pair_buffer = None
         self.buffer_elements = buffer_elements
         self.workspace = active_workspace() if self.eager else None
         self.taken = {}
@@ -329,15 +329,15 @@ class _Reuse:
                 size = (2,) + tuple(self.keys_values.shape[1:3]) + (index.numel(),
                                                                      self.keys_values.shape[4])
                 strides = [math.prod(size[i + 1:]) for i in range(len(size))]
-                self.pair = self._strided(self._flat('pair', math.prod(size), self.keys_values),
-                                          size, strides)
+                self.pair_buffer = self._flat('pair', math.prod(size), self.keys_values)
+                self.pair = self._strided(self.pair_buffer, size, strides)
             torch.index_select(self.keys_values, 3, index, out=self.pair)
         first, second = self.pair.view((2,) + tuple(shape)).unbind(0)
         return (second, first) if self.swapped else (first, second)
 
     def release(self):
         """Drops the call's buffers but the output in cells (the workspace keeps them)."""
-        self.keys_values = self.pair = self.queries = self.square = None
+        self.keys_values = self.pair = self.queries = self.square = self.pair_buffer = None
 
     def finish(self):
         """The output in cells has been read: every buffer goes back to the workspace."""
@@ -515,9 +515,10 @@ def _family(q, family, heads, flip, carry_axis, reuse, out):
                            vs.view(-1, length, dim))  # (lines, d, d) per tile
         del ks, vs
         states = carry.inplace(states.view(batch, num_heads, *carried, -1), heads)
-        if family.mix is not None:
+        if family.mix is not None:  # its summaries go into the pair buffer, idle here
             states = family.mix.inplace(
-                states.view(batch, num_heads, mixed_groups, -1, dim * dim), heads)
+                states.view(batch, num_heads, mixed_groups, -1, dim * dim), heads,
+                reuse.pair_buffer)
         read = reuse.read(lines_of_q, states.reshape(-1, dim, dim))
         del states
         out.addcmul_(read.view(q.shape), of_heads(family.query_weights[side], heads))

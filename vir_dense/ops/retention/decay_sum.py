@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from .decay import decay_powers
-from .workspace import SUMMARIES, active_workspace
+from .workspace import active_workspace
 
 KINDS = ('causal', 'anticausal', 'symmetric', 'causal_strict', 'anticausal_strict')
 DIRECT_MAX = 64  # axes up to this length (by default): one Toeplitz matmul or solve
@@ -192,9 +192,13 @@ class DecaySum:
         return out if padded == length else out[:, :, :, :length]
 
 
-    def inplace(self, x, heads=slice(None)):
+    def inplace(self, x, heads=slice(None), scratch=None):
         """The same sum, written into x (B, h, M, length, K), which must be contiguous; for
-        the non-strict kinds. Returns x (or a new tensor where the matmul form runs)."""
+        the non-strict kinds. Returns x (or a new tensor where the matmul form runs).
+
+        scratch: a flat tensor the call may write the blocks' summaries and their carries
+        into (two (blocks, sides, K) products) where it is large enough; else they are new.
+        """
         padded = self.blocks * self.block if self.blocks else self.length
         if self.scans is None or torch.compiler.is_compiling() or padded != self.length:
             return self(x, heads)
@@ -203,27 +207,31 @@ class DecaySum:
         batch, num_heads, groups, length, width = x.shape
         blocks = groups * self.blocks
         cells = x.view(-1, self.block, width)
-        workspace = active_workspace()
         gather, carry = self.gather(batch, blocks, heads), self.carry(batch, groups, heads)
-        if workspace is None:
-            summaries = torch.bmm(gather, cells)
-        else:  # both products in one buffer: summaries, then their carries
-            numel = cells.shape[0] * self.sides * width
-            buffer = workspace.take(SUMMARIES, 2 * numel, x.dtype, x.device)
-            summaries = torch.bmm(gather, cells, out=workspace.strided(
-                buffer, (cells.shape[0], self.sides, width), (self.sides * width, width, 1)))
-        self.scans(x.view(batch, num_heads, blocks, self.block, width), heads)  # inside
+        numel = cells.shape[0] * self.sides * width
         rows = self.blocks * self.sides
-        if workspace is None:
-            carried = torch.bmm(carry, summaries.view(-1, rows, width))
+        shape, stride = (numel // (rows * width), rows, width), (rows * width, width, 1)
+        if scratch is None or scratch.numel() < 2 * numel:
+            summaries = torch.bmm(gather, cells).view(shape)
+        else:  # summaries, then their carries
+            summaries = _view(scratch, shape, stride)
+            torch.bmm(gather, cells, out=_view(scratch, (cells.shape[0], self.sides, width),
+                                               (self.sides * width, width, 1)))
+        self.scans(x.view(batch, num_heads, blocks, self.block, width), heads)  # inside
+        if scratch is None or scratch.numel() < 2 * numel:
+            carried = torch.bmm(carry, summaries)
         else:
-            shape, stride = (numel // (rows * width), rows, width), (rows * width, width, 1)
-            carried = torch.bmm(carry, workspace.strided(buffer, shape, stride),
-                                out=workspace.strided(buffer, shape, stride, numel))
+            carried = torch.bmm(carry, summaries, out=_view(scratch, shape, stride, numel))
         cells.baddbmm_(self.spread(batch, blocks, heads), carried.view(-1, self.sides, width))
-        if workspace is not None:
-            workspace.give(SUMMARIES, buffer)
         return x
+
+
+def _view(buffer, size, stride, offset=0):
+    """A view of a flat buffer: kept by the workspace where one is open (workspace.py)."""
+    workspace = active_workspace()
+    if workspace is None:
+        return buffer.as_strided(size, stride, offset)
+    return workspace.strided(buffer, size, stride, offset)
 
 
 def decay_sum(x, gamma, kind):

@@ -29,8 +29,8 @@ _local = threading.local()
 SCRATCH = 'scratch'  # the largest: retention's scores and states, then a block's MLP hidden
 TOKENS = 'tokens'  # retention's queries in tile order, then its output in token order (lent)
 PROJECTIONS = 'projections'  # a block's qkv projection, then its proj and fc2 outputs
-STREAM = 'stream'  # a block's output tokens (lent to run_blocks, which hands back dead ones)
-SUMMARIES = 'summaries'  # a blocked decay sum's block summaries and their carries
+STREAM = 'stream'  # a block's output tokens (lent to run_blocks, which hands back the
+# input of a block that no one else reads: the block's output overwrites it)
 
 
 class Workspace:
