@@ -30,13 +30,13 @@ Transient memory per call (`transient_elements`, checked against
 tools/analysis_tools/measure_retention_memory.py), in elements of the compute dtype, for B
 batch, H heads, N_p padded cells, d head dim, L = R T, split into g head groups and s query
 slices:
-    B H N_p ((4 d + max(L / s, d^2 / T, d^2 / R (1 + 2 sides / T))) / g  +  d [if g > 1])
+    B H N_p ((4 d + max(L / s, d^2 / T, d^2 / R)) / g  +  d [if g > 1])
 held through the call are the queries, keys and values gathered into cells and the output in
 cells (4 d); beside them one buffer, sized for the largest, holds in turn the tile scores and
 the two families' states; the column family's mix across the width (blocked per tile column)
-adds two summaries per tile column and side (`transient_elements` has every case). k and v
-that are not slices of one tensor (the model's are: one projection) are stacked first, 2 d
-more.
+writes two summaries per tile column and side into the keys' and values' buffer, idle by then
+(`transient_elements` has every case). k and v that are not slices of one tensor (the
+model's are: one projection) are stacked first, 2 d more.
 `memory_budget` (bytes) picks the fewest slices that fit (same result, more ops): each head
 group is a whole call on its heads, written into one output.
 
@@ -212,7 +212,9 @@ def transient_elements(batch, heads, rows, cols, dim, chunk_size, causal, head_g
     tensor). Beside them one buffer (`_Reuse`) holds in turn the tile scores (L; with s > 1
     slices each slice's L / s scores and d / s output are fresh instead), the row family's
     states (d^2 / T) and the column family's (d^2 / R), sized for the largest; a blocked decay
-    sum over a family's states holds two summaries per block and side next to them."""
+    sum over a family's states writes two summaries per block and side into the gathered
+    keys' and values' buffer, idle by then, or next to it where they do not fit (2 sides d^2 /
+    (R T) > 2 d, i.e. sides d > R T: not for 16 x 16 tiles at d = 64)."""
     bands, height, tile_cols, width = tile_shape(chunk_size, rows, cols)
     cells = bands * height * tile_cols * width
     sides = 1 if causal else 2
@@ -229,7 +231,8 @@ def transient_elements(batch, heads, rows, cols, dim, chunk_size, causal, head_g
     for present, states, extra in families:
         if present:
             buffer = max(buffer, states)
-            phases.append(buffer + states * extra)
+            # summaries go into the gathered keys' and values' buffer (2 d) where they fit
+            phases.append(buffer + (states * extra if states * extra > 2 * dim else 0))
     held = (4 if packed else 6) * dim
     output = dim if head_groups > 1 else 0  # the groups' results, gathered in one tensor
     return int(batch * heads * cells * ((held + max(phases)) / head_groups + output))
@@ -284,8 +287,10 @@ class _Reuse:
     tensor costs about ten times its writing (the kernel maps and zeroes its pages on first
     touch, and unmaps them when it is freed), measured as ~35% of a call at 2048² and 4096².
     Compiled and exported graphs take the functional ops (same values). Inside
-    `reused_buffers()` (workspace.py) the states/scores buffer, the gathered keys and values
-    and the output in cells come from the workspace and go back to it when the call ends.
+    `reused_buffers()` (workspace.py) the states/scores buffer and the gathered keys and
+    values come from the workspace and go back to it when the call ends; so does the TOKENS
+    buffer, whose halves hold the queries in cells (then the output in token order) and the
+    output in cells, except that it is lent with the output until the caller hands it back.
 
     Keys and values sit side by side so that one gather serves both: a view where k and v
     are slices of one storage a fixed offset apart (the model's: one projection; the
@@ -514,8 +519,10 @@ def _family(q, family, heads, flip, carry_axis, reuse, out):
         states = reuse.bmm(ks.view(-1, length, dim).transpose(1, 2),
                            vs.view(-1, length, dim))  # (lines, d, d) per tile
         del ks, vs
-        states = carry.inplace(states.view(batch, num_heads, *carried, -1), heads)
-        if family.mix is not None:  # its summaries go into the pair buffer, idle here
+        # the blocked sums write their summaries into the pair buffer, idle until the read
+        states = carry.inplace(states.view(batch, num_heads, *carried, -1), heads,
+                               reuse.pair_buffer)
+        if family.mix is not None:
             states = family.mix.inplace(
                 states.view(batch, num_heads, mixed_groups, -1, dim * dim), heads,
                 reuse.pair_buffer)
