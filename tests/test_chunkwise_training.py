@@ -196,18 +196,19 @@ def test_shared_workspace_gives_the_same_values_and_is_reused():
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
     assert active_workspace() is None
 
-    # Blocks hand their outputs on in two buffers; one that is tapped, or that a hook on its
-    # block may have kept, is never written again.
-    final, taps = model.forward_intermediates(image, indices=[0, 1], output_fmt='NLC')
+    # A block writes its output over its input where nothing else reads the input: never
+    # over a tapped output, nor over one that a hook on its block may have kept.
+    final, taps = model.forward_intermediates(image, indices=[1], output_fmt='NLC')
+    with torch.no_grad():
+        got_final, got_taps = model.forward_intermediates(image, indices=[1], output_fmt='NLC')
     kept = []
     for block in model.blocks:
         block.register_forward_hook(lambda module, args, out: kept.append(out))
     model.forward_features(image)
-    kept, grad_kept = [], kept
+    grad_kept, kept[:] = list(kept), []
     with torch.no_grad():
-        got_final, got_taps = model.forward_intermediates(image, indices=[0, 1],
-                                                          output_fmt='NLC')
         model.forward_features(image)
+    assert len(kept) == len(grad_kept) == len(model.blocks)
     for got, want in zip([got_final] + got_taps + kept, [final] + taps + grad_kept):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
 
