@@ -18,9 +18,9 @@ tile (band b, tile column t) at in-tile row r, column c reads three disjoint set
 Each side of a family gathers its keys and values one tile step away, so its carry is a
 non-strict decay sum; carries and mixes then run in place on the one state tensor
 (`DecaySum.inplace`). No loop depends on the image: the ops per call do not grow with it
-(about 135; writing into a reused buffer is two ops, a fresh product one). Gathers, states and
-scores are written into a few buffers reused phase after phase (`_Reuse`), and in inference
-handed on to the next call (workspace.py).
+(132; 116 in a workspace, which keeps its views, so that writing into a buffer is one op, as
+a fresh product is). Gathers, states and scores are written into a few buffers reused phase
+after phase (`_Reuse`), and in inference handed on to the next call (workspace.py).
 
 Cost per token and head (d head dim, L = R T): intra-tile 4 L d FLOPs, each side of each family
 about 4 d^2 (build and read) plus its carry and mix, ~190k FLOPs at d = 64 on every grid from

@@ -1,20 +1,22 @@
 """A workspace that eager chunkwise calls and ViR blocks share while a model runs its blocks.
 
 Each tiled call writes its tile scores and then its states into one large buffer, gathers keys
-and values into another, sums its output in cells in a third and gathers its queries into a
-fourth, which then holds its output in token order (chunkwise.py, `_Reuse`); a ViR block in
-inference writes its projections (qkv, proj, fc2) and its MLP's hidden tokens into fresh
-tensors too. Allocated afresh each time, such tensors cost more than their use on a CPU:
-glibc maps tensors over 32 MB straight from the kernel and unmaps them when they are freed,
-so every call faults in and zeroes its pages again (at 2048² about a third of the call's
-products). Inside `reused_buffers()` these buffers outlive the call and serve the next one,
-as a GPU caching allocator would; they are freed when the blocks are done. Fresh tensors
-under the threshold fare no better: glibc places them in its heap, where the holes they leave
-between longer-lived tensors stay resident (at 2048² the heap grew by three token tensors per
-block and was trimmed again, and the process's peak stood ~50% above its live tensors).
+and values into another (its blocked decay sums put their summaries there while it is idle)
+and uses a third for its queries in cells, its output in cells and then its output in token
+order (chunkwise.py, `_Reuse`); a ViR block in inference writes its projections (qkv, proj,
+fc2), its MLP's hidden tokens and its output into fresh tensors too. Allocated afresh each
+time, such tensors cost more than their use on a CPU: glibc maps tensors over 32 MB straight
+from the kernel and unmaps them when they are freed, so every call faults in and zeroes its
+pages again (at 2048² about a third of the call's products). Inside `reused_buffers()` these
+buffers outlive the call and serve the next one, as a GPU caching allocator would; they are
+freed when the blocks are done. Fresh tensors under the threshold fare no better: glibc places
+them in its heap, where the holes they leave between longer-lived tensors stay resident (at
+2048² the heap grew by three token tensors per block and was trimmed again, and the process's
+peak stood ~50% above its live tensors).
 
-Held between calls they add nothing to a ViR block's peak: the block's MLP, whose hidden
-tokens reuse the scores/states buffer, needs fewer token tensors than retention does.
+Held between calls they are what the next retention call needs anyway (the MLP's hidden
+tokens reuse the scores/states buffer); a ViR-S block's live peak at 2048² is its MLP's
+LayerNorm output next to them, one token tensor above a retention call's.
 
 A call's result can live in a buffer too: the call `lend`s it, and whoever consumes the
 result hands it back (`hand_back`) when done; until then no other call gets that buffer, so
