@@ -15,8 +15,8 @@ them in its heap, where the holes they leave between longer-lived tensors stay r
 peak stood ~50% above its live tensors).
 
 Held between calls they are what the next retention call needs anyway (the MLP's hidden
-tokens reuse the scores/states buffer); a ViR-S block's live peak at 2048² is its MLP's
-LayerNorm output next to them, one token tensor above a retention call's.
+tokens reuse the scores/states buffer); a ViR-S block's live peak at 2048² is a LayerNorm
+output next to them, one token tensor above a retention call's.
 
 A call's result can live in a buffer too: the call `lend`s it, and whoever consumes the
 result hands it back (`hand_back`) when done; until then no other call gets that buffer, so
