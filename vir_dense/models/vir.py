@@ -16,7 +16,6 @@ around them uses plain types, so it scripts and traces like timm's ViT. docs/tim
 a scripted or traced ViR does and does not do.
 """
 import contextlib
-import math
 import warnings
 from functools import partial
 from typing import Dict, NamedTuple, Optional, Tuple
@@ -42,7 +41,7 @@ from vir_dense.ops.retention import (DEFAULT_CHUNK, PAPER_DECAY_EXPONENTS,
                                      decay_gammas, mask_spec, resolve_mode, retention,
                                      retention_stream, reused_buffers, stream_pieces)
 from vir_dense.ops.retention.workspace import (PROJECTIONS, SCRATCH, STREAM, TOKENS,
-                                               active_workspace)
+                                               active_workspace, view_of)
 
 from .archs import VARIANTS, variant_kwargs
 from .convert import convert_to_vir
@@ -346,14 +345,12 @@ def _linear_into(name: str, x, weight, bias):
         name, rows * features, x.dtype, x.device, grow=name != SCRATCH)
     if buffer is None:
         return F.linear(x, weight, bias), None
-    out = workspace.strided(buffer, (rows, features), (features, 1))
+    out = view_of(buffer, (rows, features))
     if bias is None:
         torch.mm(x.reshape(rows, -1), weight.t(), out=out)
     else:
         torch.addmm(bias, x.reshape(rows, -1), weight.t(), out=out)
-    size = tuple(x.shape[:-1]) + (features,)
-    return workspace.strided(buffer, size, [math.prod(size[i + 1:]) for i in range(len(size))]), \
-        buffer
+    return view_of(buffer, tuple(x.shape[:-1]) + (features,)), buffer
 
 
 def _give_back(name: str, buffer):
@@ -377,8 +374,7 @@ def _residual_into_stream(branch, x):
         return torch.add(branch, x)
     buffer = workspace.take(STREAM, x.numel(), x.dtype, x.device)
     workspace.lend(STREAM, buffer)
-    out = workspace.strided(buffer, tuple(x.shape), [x.shape[1:].numel(), x.shape[2], 1])
-    return torch.add(branch, x, out=out)
+    return torch.add(branch, x, out=view_of(buffer, x.shape))
 
 
 def _is_gelu(act) -> bool:

@@ -54,7 +54,7 @@ from .decay import DEFAULT_CHUNK, TokenLayout, compute_dtype, decay_powers, make
     mask_spec
 from .decay_sum import BLOCK, DIRECT_MAX, DecaySum, of_heads
 from .parallel import parallel_decay_mask
-from .workspace import SCRATCH, TOKENS, active_workspace
+from .workspace import SCRATCH, TOKENS, active_workspace, view_of
 
 
 def rows_per_chunk(chunk_size, cols):
@@ -313,17 +313,11 @@ class _Reuse:
 
     def _flat(self, name, numel, like):
         """A flat buffer of at least `numel` elements: the workspace's when there is one
-        (results are written into it through `_strided` views)."""
+        (results are written into it through `view_of` views)."""
         if self.workspace is None:
             return like.new_empty(numel)
         self.taken[name] = self.workspace.take(name, numel, like.dtype, like.device)
         return self.taken[name]
-
-    def _strided(self, buffer, size, stride, offset=0):
-        """A view of a flat buffer; the workspace keeps its views for the next call."""
-        if self.workspace is None:
-            return buffer.as_strided(size, stride, offset)
-        return self.workspace.strided(buffer, size, stride, offset)
 
     def pair_of(self, index, shape):
         """(keys, values) gathered into cells, in one buffer, each viewed as `shape`."""
@@ -333,9 +327,8 @@ class _Reuse:
             if self.pair is None:
                 size = (2,) + tuple(self.keys_values.shape[1:3]) + (index.numel(),
                                                                      self.keys_values.shape[4])
-                strides = [math.prod(size[i + 1:]) for i in range(len(size))]
                 self.pair_buffer = self._flat('pair', math.prod(size), self.keys_values)
-                self.pair = self._strided(self.pair_buffer, size, strides)
+                self.pair = view_of(self.pair_buffer, size)
             torch.index_select(self.keys_values, 3, index, out=self.pair)
         first, second = self.pair.view((2,) + tuple(shape)).unbind(0)
         return (second, first) if self.swapped else (first, second)
@@ -362,8 +355,7 @@ class _Reuse:
         """q gathered into cells; in the workspace's TOKENS buffer where there is one."""
         if self.eager and self.queries is None and self.workspace is not None:
             size = tuple(q.shape[:2]) + (index.numel(), q.shape[3])
-            self.queries = self._strided(self._cells(math.prod(size), q), size,
-                                         [math.prod(size[i + 1:]) for i in range(4)])
+            self.queries = view_of(self._cells(math.prod(size), q), size)
         if self.eager and self.queries is not None:
             return torch.index_select(q, 2, index, out=self.queries)
         self.queries = q.index_select(2, index)
@@ -383,15 +375,15 @@ class _Reuse:
             return torch.index_select(out, 2, index, out=fresh)
         buffer = self.taken.pop(TOKENS)
         self.workspace.lend(TOKENS, buffer)
-        result = self._strided(buffer, (batch, heads, tokens, dim),
-                               (tokens * heads * dim, dim, heads * dim, 1))
+        result = view_of(buffer, (batch, heads, tokens, dim),
+                         (tokens * heads * dim, dim, heads * dim, 1))
         return torch.index_select(out, 2, index, out=result)
 
-    def _bmm_into(self, buffer, a, b, offset=0):
+    @staticmethod
+    def _bmm_into(buffer, a, b, offset=0):
         """a @ b written into `buffer` from `offset`, viewed as the (n, rows, cols) result."""
-        rows, cols = a.shape[1], b.shape[2]
-        out = self._strided(buffer, (a.shape[0], rows, cols), (rows * cols, cols, 1), offset)
-        return torch.bmm(a, b, out=out)
+        return torch.bmm(a, b, out=view_of(buffer, (a.shape[0], a.shape[1], b.shape[2]),
+                                            offset=offset))
 
     def cells_out(self, a, b):
         """a @ b for the output in cells: into the second half of the TOKENS buffer when a

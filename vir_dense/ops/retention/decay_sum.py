@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from .decay import decay_powers
-from .workspace import active_workspace
+from .workspace import view_of
 
 KINDS = ('causal', 'anticausal', 'symmetric', 'causal_strict', 'anticausal_strict')
 DIRECT_MAX = 64  # axes up to this length (by default): one Toeplitz matmul or solve
@@ -209,29 +209,20 @@ class DecaySum:
         cells = x.view(-1, self.block, width)
         gather, carry = self.gather(batch, blocks, heads), self.carry(batch, groups, heads)
         numel = cells.shape[0] * self.sides * width
-        rows = self.blocks * self.sides
-        shape, stride = (numel // (rows * width), rows, width), (rows * width, width, 1)
-        if scratch is None or scratch.numel() < 2 * numel:
+        shape = (numel // (self.blocks * self.sides * width), self.blocks * self.sides, width)
+        fits = scratch is not None and scratch.numel() >= 2 * numel
+        if not fits:
             summaries = torch.bmm(gather, cells).view(shape)
         else:  # summaries, then their carries
-            summaries = _view(scratch, shape, stride)
-            torch.bmm(gather, cells, out=_view(scratch, (cells.shape[0], self.sides, width),
-                                               (self.sides * width, width, 1)))
+            summaries = view_of(scratch, shape)
+            torch.bmm(gather, cells, out=view_of(scratch, (cells.shape[0], self.sides, width)))
         self.scans(x.view(batch, num_heads, blocks, self.block, width), heads)  # inside
-        if scratch is None or scratch.numel() < 2 * numel:
+        if not fits:
             carried = torch.bmm(carry, summaries)
         else:
-            carried = torch.bmm(carry, summaries, out=_view(scratch, shape, stride, numel))
+            carried = torch.bmm(carry, summaries, out=view_of(scratch, shape, offset=numel))
         cells.baddbmm_(self.spread(batch, blocks, heads), carried.view(-1, self.sides, width))
         return x
-
-
-def _view(buffer, size, stride, offset=0):
-    """A view of a flat buffer: kept by the workspace where one is open (workspace.py)."""
-    workspace = active_workspace()
-    if workspace is None:
-        return buffer.as_strided(size, stride, offset)
-    return workspace.strided(buffer, size, stride, offset)
 
 
 def decay_sum(x, gamma, kind):

@@ -23,6 +23,7 @@ result hands it back (`hand_back`) when done; until then no other call gets that
 a result that is never handed back is never overwritten.
 """
 import contextlib
+import math
 import threading
 
 import torch
@@ -99,6 +100,18 @@ def _storage(tensor):
 
 def _same_storage(a, b):
     return _storage(a) == _storage(b)
+
+
+def view_of(buffer, size, stride=None, offset=0):
+    """buffer.as_strided(size, stride, offset), contiguous strides if none are given: the
+    active workspace's kept view where one is open (`Workspace.strided`)."""
+    size = tuple(size)
+    if stride is None:
+        stride = [math.prod(size[i + 1:]) for i in range(len(size))]
+    workspace = active_workspace()
+    if workspace is None:
+        return buffer.as_strided(size, stride, offset)
+    return workspace.strided(buffer, size, stride, offset)
 
 
 def active_workspace():
