@@ -250,3 +250,39 @@ def test_workspace_only_without_a_memory_budget_or_autograd():
             model.forward_features(torch.randn(1, 3, 64, 64))
         model.forward_features(torch.randn(1, 3, 64, 64))
     assert seen == [True, False, False, False]
+
+
+def test_blocks_write_over_the_embedded_tokens_only_when_no_one_saw_them():
+    """In inference the embedded tokens become the blocks' stream buffer (run_blocks'
+    reuse_input): the blocks write over them, with the same values; a forward hook on
+    pos_drop (which returns them) may keep them, and then they are left alone."""
+    import timm
+    model = timm.create_model('vir_tiny_patch16_224', depth=2, img_size=(64, 48),
+                              retention_mode='chunkwise', chunk_size=16,
+                              mask='bidirectional_2d', init_values=0.5).eval()
+    image = torch.randn(1, 3, 64, 48)
+    expected = model.forward_features(image)  # autograd: no workspace, nothing reused
+    expected_taps = model.forward_intermediates(image, indices=[0, 1], intermediates_only=True)
+    embed, embedded = model.embed, []
+
+    def recording_embed(*args, **kwargs):
+        tokens, grid = embed(*args, **kwargs)
+        embedded.append((tokens, tokens.clone()))
+        return tokens, grid
+
+    model.embed = recording_embed
+    with torch.no_grad():
+        torch.testing.assert_close(model.forward_features(image), expected, rtol=0, atol=0)
+        taps = model.forward_intermediates(image, indices=[0, 1], intermediates_only=True)
+    for got, want in zip(taps, expected_taps):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert all(not torch.equal(tokens, before) for tokens, before in embedded)  # written over
+
+    seen = []
+    model.pos_drop.register_forward_hook(lambda module, args, out: seen.append(out))
+    embedded.clear()
+    with torch.no_grad():
+        torch.testing.assert_close(model.forward_features(image), expected, rtol=0, atol=0)
+    (tokens, before), = embedded
+    torch.testing.assert_close(tokens, before, rtol=0, atol=0)
+    assert seen[0] is tokens

@@ -186,7 +186,8 @@ class ViR(ViRTrunk, BaseModule):
         tokens, grid = self.embed(x, with_cls_token=self.with_cls_token)
         ctx = self.context(grid, self.with_cls_token)
         _, taps = run_blocks(self.blocks, tokens, ctx, out_indices=self.out_indices,
-                             with_cp=self.with_cp and self.training)
+                             with_cp=self.with_cp and self.training,
+                             reuse_input=self._embedded_unseen())
         last_block = len(self.blocks) - 1
         first = len(outs)
         for position, index in enumerate(self.out_indices):

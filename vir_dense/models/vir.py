@@ -377,6 +377,14 @@ def _residual_into_stream(branch, x):
     return torch.add(branch, x, out=view_of(buffer, x.shape))
 
 
+def _give_stream(x):
+    """Tokens that no one will read again become the STREAM buffer: the first in-place block
+    writes its output over them instead of into a new tensor (so the embedded tokens, which
+    the caller's frame holds until the blocks return, cost no memory of their own)."""
+    if x.is_contiguous() and x.storage_offset() == 0:
+        active_workspace().give(STREAM, x.view(-1))
+
+
 def _is_gelu(act) -> bool:
     """nn.GELU itself (a subclass may compute something else): what the lean paths replace
     by the aten GELU ops."""
@@ -388,12 +396,14 @@ def _has_hooks(modules) -> bool:
 
 
 def run_blocks(blocks, x, ctx: RetentionContext, out_indices=(), with_cp=False,
-               last_token_only=False):
+               last_token_only=False, reuse_input=False):
     """Run tokens x (B, N, D) through `blocks` (eager and torch.fx; TorchScript runs
     ViRTrunk.forward_blocks).
 
     Returns (final tokens, {block index: tokens after that block} for out_indices).
     last_token_only keeps only the last token of the output (classification while streaming).
+    reuse_input: x is the caller's to discard (fresh embedded tokens that it will not read
+    again); in inference the blocks may then write their outputs over it.
     """
     traced = _is_traced(x)
     if not traced:  # under torch.fx the operator resolves 'auto' when the graph runs
@@ -417,6 +427,8 @@ def run_blocks(blocks, x, ctx: RetentionContext, out_indices=(), with_cp=False,
         shared = not (traced or torch.is_grad_enabled() or torch.compiler.is_compiling()
                       or ctx.memory_budget is not None)
         with reused_buffers() if shared else contextlib.nullcontext():
+            if shared and reuse_input:
+                _give_stream(x)
             for index, block in enumerate(blocks):
                 if with_cp and not traced and x.requires_grad:
                     x = checkpoint(block, x, ctx, use_reentrant=False)
@@ -456,8 +468,6 @@ class ViRTrunk(nn.Module):
     both have the same parameter names and the same forward code.
     """
     __jit_unused_properties__ = ['mask']  # TorchScript reads mask_name
-    # eager-only cache (tuple keys TorchScript cannot type); scripted graphs resize in the graph
-    __jit_ignored_attributes__ = ['_pos_embed_cache']
 
     def __init__(self, img_size=224, patch_size=16, in_chans=3, embed_dim=384, depth=12,
                  num_heads=6, mlp_ratio=4.0, qkv_bias=True, init_values=1e-5, pos_drop_rate=0.0,
@@ -491,7 +501,6 @@ class ViRTrunk(nn.Module):
                   drop_path[i], norm_layer, act_layer or nn.GELU, decay_exponents)
             for i in range(depth)])
         self.norm = norm_layer(embed_dim)
-        self._pos_embed_cache = {}
         self.init_trunk_weights()
 
     def init_trunk_weights(self):
@@ -528,9 +537,9 @@ class ViRTrunk(nn.Module):
     def position_embedding(self, grid: Tuple[int, int]) -> torch.Tensor:
         """pos_embed for a (rows, cols) patch grid, bicubically resized from the trained one.
 
-        Resized tables are cached per grid while no gradient flows into pos_embed (inference);
-        the cache key holds the parameter's version, so loading new weights invalidates it.
-        Scripted and traced graphs resize in the graph (resized_position_embedding).
+        Resized on every call, as timm's ViT does, and not kept: a kept table would be held
+        beside the tokens through every block (a token tensor's worth, 24 MiB at 2048²), and
+        resizing costs well under 1% of a forward at any size (62 ms at 2048², one thread).
         """
         base_rows, base_cols = self.patch_embed.grid_size[0], self.patch_embed.grid_size[1]
         if torch.jit.is_scripting():
@@ -555,19 +564,8 @@ class ViRTrunk(nn.Module):
         grid = tuple(grid)
         if grid == base_grid:
             return self.pos_embed
-        if (torch.is_grad_enabled() and self.pos_embed.requires_grad) or \
-                torch.compiler.is_compiling():  # compiled/exported graphs resize in the graph
-            return resample_abs_pos_embed(self.pos_embed, new_size=grid, old_size=base_grid,
-                                          num_prefix_tokens=0, interpolation='bicubic')
-        key = (grid, self.pos_embed.dtype, self.pos_embed.device, self.pos_embed._version)
-        if key not in self._pos_embed_cache:
-            if len(self._pos_embed_cache) >= 8:
-                self._pos_embed_cache.clear()
-            with torch.no_grad():
-                self._pos_embed_cache[key] = resample_abs_pos_embed(
-                    self.pos_embed, new_size=grid, old_size=base_grid, num_prefix_tokens=0,
-                    interpolation='bicubic')
-        return self._pos_embed_cache[key]
+        return resample_abs_pos_embed(self.pos_embed, new_size=grid, old_size=base_grid,
+                                      num_prefix_tokens=0, interpolation='bicubic')
 
     def embed(self, x, with_cls_token: bool = True) -> Tuple[torch.Tensor, Tuple[int, int]]:
         """Image (B, C, H, W) -> tokens (B, rows*cols [+ 1], D), class token last; and the grid."""
@@ -596,7 +594,8 @@ class ViRTrunk(nn.Module):
                                 self.chunk_size, self.normalize_retention,
                                 self.retention_memory_budget)
 
-    def forward_blocks(self, x, ctx: RetentionContext, last_token_only: bool = False):
+    def forward_blocks(self, x, ctx: RetentionContext, last_token_only: bool = False,
+                       reuse_input: bool = False):
         """All blocks on tokens x: run_blocks in eager mode and under torch.fx; a plain loop
         when scripted (TorchScript cannot compile the streaming schedule, see run_blocks)."""
         if torch.jit.is_scripting():
@@ -607,7 +606,13 @@ class ViRTrunk(nn.Module):
             return x
         else:
             return run_blocks(self.blocks, x, ctx, with_cp=self.grad_checkpointing,
-                              last_token_only=last_token_only)[0]
+                              last_token_only=last_token_only, reuse_input=reuse_input)[0]
+
+    @torch.jit.unused
+    def _embedded_unseen(self) -> bool:
+        """embed's output reached no one but the caller (no hook on pos_drop, which returns
+        it): the blocks may then write over it (run_blocks' reuse_input)."""
+        return not _has_hooks((self.pos_drop,))
 
 
 class VisionRetention(ViRTrunk):
@@ -667,7 +672,6 @@ class VisionRetention(ViRTrunk):
                                                  old_size=previous_grid, num_prefix_tokens=0,
                                                  interpolation='bicubic')
             self.pos_embed = nn.Parameter(resized, requires_grad=self.pos_embed.requires_grad)
-        self._pos_embed_cache.clear()
         self._set_feature_info()
         update_model_input_size(self, self.patch_embed.img_size, patch_size=patch_size)
 
@@ -684,7 +688,9 @@ class VisionRetention(ViRTrunk):
     # --- forward ------------------------------------------------------------------------
     def forward_features(self, x, last_token_only: bool = False):
         x, grid = self.embed(x)
-        return self.norm(self.forward_blocks(x, self.context(grid), last_token_only))
+        return self.norm(self.forward_blocks(x, self.context(grid), last_token_only,
+                                             reuse_input=not torch.jit.is_scripting()
+                                             and self._embedded_unseen()))
 
     def forward_intermediates(self, x, indices=None, norm=False, stop_early=False,
                               output_fmt='NCHW', intermediates_only=False):
@@ -698,7 +704,8 @@ class VisionRetention(ViRTrunk):
             self.blocks
         tokens, grid = self.embed(x)
         tokens, taps = run_blocks(blocks, tokens, self.context(grid), out_indices=take_indices,
-                                  with_cp=self.grad_checkpointing)
+                                  with_cp=self.grad_checkpointing,
+                                  reuse_input=self._embedded_unseen())
         intermediates = []
         for index in take_indices:
             patches = taps[index][:, :-1]  # the class token is the last token
