@@ -564,8 +564,7 @@ class ViRTrunk(nn.Module):
         grid = tuple(grid)
         if grid == base_grid:
             return self.pos_embed
-        return resample_abs_pos_embed(self.pos_embed, new_size=grid, old_size=base_grid,
-                                      num_prefix_tokens=0, interpolation='bicubic')
+        return resized_position_embedding(self.pos_embed, grid[0], grid[1], *base_grid)
 
     def embed(self, x, with_cls_token: bool = True) -> Tuple[torch.Tensor, Tuple[int, int]]:
         """Image (B, C, H, W) -> tokens (B, rows*cols [+ 1], D), class token last; and the grid."""
